@@ -1,0 +1,169 @@
+"""Word <-> subword alignment and sliding windows.
+
+Training labels go on each word's first subword (-100 elsewhere, so the loss
+ignores them); predictions are read back at the same place. Documents longer
+than the model's limit are cut into overlapping windows at word boundaries,
+so no word is ever dropped, and each word's prediction is taken from the
+window where it has the most context on both sides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Window:
+    input_ids: list[int]
+    attention_mask: list[int]
+    word_ids: list[int | None]  # per position; None for special tokens
+    labels: list[int] | None  # per position: word label on first subwords, IGNORE_INDEX elsewhere
+    first_word: int  # words [first_word, end_word) start inside this window
+    end_word: int
+
+
+def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a single sequence (e.g. [CLS] ... [SEP])."""
+    enc = tokenizer(["a"], is_split_into_words=True, add_special_tokens=True)
+    ids, wids = enc["input_ids"], enc.word_ids()
+    first = wids.index(0)
+    last = len(wids) - 1 - wids[::-1].index(0)
+    return list(ids[:first]), list(ids[last + 1 :])
+
+
+def _subwords_per_word(ids: Sequence[int], word_ids: Sequence[int | None], num_words: int, unk_id: int) -> list[list[int]]:
+    per_word: list[list[int]] = [[] for _ in range(num_words)]
+    for tok, w in zip(ids, word_ids):
+        if w is not None:
+            per_word[w].append(tok)
+    # A word the tokenizer maps to nothing (zero-width chars, stray marks...)
+    # still needs a position to carry its label: it becomes [UNK].
+    for pieces in per_word:
+        if not pieces:
+            pieces.append(unk_id)
+    return per_word
+
+
+def _window_bounds(lengths: Sequence[int], budget: int, stride: int) -> list[tuple[int, int]]:
+    """Word ranges [a, b) whose subword lengths fit ``budget``, overlapping by <= ``stride`` subwords."""
+    n = len(lengths)
+    bounds: list[tuple[int, int]] = []
+    a = 0
+    while a < n:
+        total, b = 0, a
+        while b < n and (b == a or total + lengths[b] <= budget):
+            total += lengths[b]
+            b += 1
+        bounds.append((a, b))
+        if b >= n:
+            break
+        # next window starts as far back as the overlap allows, but always advances
+        k, overlap = b, 0
+        while k - 1 > a and overlap + lengths[k - 1] <= stride:
+            k -= 1
+            overlap += lengths[k]
+        a = k
+    return bounds
+
+
+def encode_batch(
+    tokenizer,
+    batch_words: Sequence[Sequence[str]],
+    batch_label_ids: Sequence[Sequence[int]] | None = None,
+    max_length: int = 512,
+    stride: int = 128,
+) -> list[list[Window]]:
+    """Windows for each document, tokenizing the whole batch in one call of the fast tokenizer."""
+    prefix, suffix = _special_tokens(tokenizer)
+    budget = max_length - len(prefix) - len(suffix)
+    if budget < 1:
+        raise ValueError(f"max_length={max_length} leaves no room beside {len(prefix) + len(suffix)} special tokens")
+    if not 0 <= stride < budget:
+        raise ValueError(f"stride must be in [0, {budget}) for max_length={max_length}, got {stride}")
+    if batch_label_ids is not None:
+        if len(batch_label_ids) != len(batch_words):
+            raise ValueError(f"{len(batch_label_ids)} label sequences for {len(batch_words)} documents")
+        for i, (words, labels) in enumerate(zip(batch_words, batch_label_ids)):
+            if len(words) != len(labels):
+                raise ValueError(f"document {i}: {len(words)} words but {len(labels)} labels")
+
+    non_empty = [i for i, words in enumerate(batch_words) if len(words)]
+    encoded = (
+        tokenizer([list(batch_words[i]) for i in non_empty], is_split_into_words=True, add_special_tokens=False)
+        if non_empty
+        else None
+    )
+    unk = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else 0
+    result: list[list[Window]] = [[] for _ in batch_words]
+    for row, doc in enumerate(non_empty):
+        words = batch_words[doc]
+        pieces = _subwords_per_word(encoded["input_ids"][row], encoded.word_ids(row), len(words), unk)
+        pieces = [p[:budget] for p in pieces]  # a single word longer than a window keeps its head
+        labels = batch_label_ids[doc] if batch_label_ids is not None else None
+        for a, b in _window_bounds([len(p) for p in pieces], budget, stride):
+            ids = list(prefix)
+            wids: list[int | None] = [None] * len(prefix)
+            lab = [IGNORE_INDEX] * len(prefix) if labels is not None else None
+            for w in range(a, b):
+                ids.extend(pieces[w])
+                wids.extend([w] * len(pieces[w]))
+                if lab is not None:
+                    lab.append(int(labels[w]))
+                    lab.extend([IGNORE_INDEX] * (len(pieces[w]) - 1))
+            ids.extend(suffix)
+            wids.extend([None] * len(suffix))
+            if lab is not None:
+                lab.extend([IGNORE_INDEX] * len(suffix))
+            result[doc].append(Window(ids, [1] * len(ids), wids, lab, a, b))
+    return result
+
+
+def encode_words(
+    tokenizer,
+    words: Sequence[str],
+    label_ids: Sequence[int] | None = None,
+    max_length: int = 512,
+    stride: int = 128,
+) -> list[Window]:
+    """Windows for one document (see ``encode_batch``)."""
+    labels = [label_ids] if label_ids is not None else None
+    return encode_batch(tokenizer, [words], labels, max_length, stride)[0]
+
+
+def merge_window_predictions(windows: Sequence[Window], predictions: Sequence[Sequence[int]], num_words: int) -> list[int]:
+    """One label id per word, read at its first subword in the window where it has most context."""
+    best: list[tuple[int, int] | None] = [None] * num_words  # (context, label)
+    for window, pred in zip(windows, predictions):
+        seen: set[int] = set()
+        for pos, w in enumerate(window.word_ids):
+            if w is None or w in seen:
+                continue
+            seen.add(w)
+            context = min(w - window.first_word, window.end_word - 1 - w)
+            if best[w] is None or context > best[w][0]:
+                best[w] = (context, int(pred[pos]))
+    missing = [i for i, b in enumerate(best) if b is None]
+    if missing:
+        raise ValueError(f"no prediction for words {missing[:10]} of {num_words}")
+    return [b[1] for b in best]  # type: ignore[index]
+
+
+def pad_windows(windows: Sequence[Window], pad_token_id: int, pad_to_multiple_of: int | None = None) -> dict[str, list[list[int]]]:
+    """Right-pad a batch of windows to a common length (lists, so this stays torch-free)."""
+    length = max((len(w.input_ids) for w in windows), default=0)
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    out: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": []}
+    with_labels = bool(windows) and all(w.labels is not None for w in windows)
+    if with_labels:
+        out["labels"] = []
+    for w in windows:
+        pad = length - len(w.input_ids)
+        out["input_ids"].append(w.input_ids + [pad_token_id] * pad)
+        out["attention_mask"].append(w.attention_mask + [0] * pad)
+        if with_labels:
+            out["labels"].append(w.labels + [IGNORE_INDEX] * pad)  # type: ignore[operator]
+    return out

@@ -1,0 +1,83 @@
+"""Batched word-level tagging with any tagger: windows in, one IOB label per word out.
+
+Shared by the training job's dev evaluation, ``jobs.evaluate`` and the bulk
+tagging actors, so the three can never disagree about how a prediction is
+made. Pure torch + tokenizer; no Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from ner_core.alignment import Window, encode_batch, merge_window_predictions, pad_windows
+from ner_core.labels import LabelMap, repair
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How windows are cut and batched at prediction time."""
+
+    max_length: int = 256
+    stride: int = 64
+    batch_size: int = 64  # windows per forward pass
+    pad_to_multiple_of: int | None = 8
+
+
+class WordTagger:
+    """Holds a model + tokenizer; turns lists of words into lists of IOB2 labels.
+
+    Windows from all documents of a call are sorted by length before batching,
+    so each forward pass pads little; results are put back in input order.
+    Every word gets exactly one label (long documents go through overlapping
+    windows) and the output sequence is repaired to valid IOB2.
+    """
+
+    def __init__(self, model, tokenizer, settings: InferenceSettings = InferenceSettings(), device: str | torch.device | None = None, autocast_dtype: torch.dtype | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model.to(self.device)
+        self.autocast_dtype = autocast_dtype
+        self.labels = LabelMap.from_id2label(model.config.id2label)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def predict_ids(self, docs: Sequence[Sequence[str]]) -> list[list[int]]:
+        """Label ids per word for each document."""
+        s = self.settings
+        per_doc = encode_batch(self.tokenizer, docs, max_length=s.max_length, stride=s.stride)
+        flat: list[tuple[int, int, Window]] = [
+            (d, w, win) for d, wins in enumerate(per_doc) for w, win in enumerate(wins)
+        ]
+        order = sorted(range(len(flat)), key=lambda i: len(flat[i][2].input_ids))
+        preds: list[list[int] | None] = [None] * len(flat)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        with torch.inference_mode(), self._autocast():
+            for start in range(0, len(order), s.batch_size):
+                idx = order[start : start + s.batch_size]
+                batch = pad_windows([flat[i][2] for i in idx], pad_id, s.pad_to_multiple_of)
+                input_ids = torch.tensor(batch["input_ids"], device=self.device)
+                mask = torch.tensor(batch["attention_mask"], device=self.device)
+                logits = self.model(input_ids=input_ids, attention_mask=mask).logits
+                best = logits.argmax(-1).tolist()
+                for row, i in zip(best, idx):
+                    preds[i] = row
+        out: list[list[int]] = []
+        cursor = 0
+        for d, wins in enumerate(per_doc):
+            window_preds = preds[cursor : cursor + len(wins)]
+            cursor += len(wins)
+            out.append(merge_window_predictions(wins, window_preds, len(docs[d])))
+        return out
+
+    def predict(self, docs: Sequence[Sequence[str]]) -> list[list[str]]:
+        """IOB2 labels per word for each document (always a valid IOB2 sequence)."""
+        return [repair(self.labels.decode(ids), "IOB2") for ids in self.predict_ids(docs)]

@@ -1,0 +1,98 @@
+"""One interface over both architectures: build, load and save a tagger.
+
+The rest of the code (training, tagging, evaluation) only sees a
+``PreTrainedModel`` whose ``forward(input_ids, attention_mask, labels)``
+returns ``TokenClassifierOutput`` and whose config carries ``id2label``;
+which architecture sits behind it is chosen by one setting, ``arch``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from transformers import AutoModelForTokenClassification, AutoTokenizer, PreTrainedModel
+
+from ner_core.labels import LabelMap
+from ner_core.model import EncoderDecoderTagger
+
+ARCHS = ("encoder-decoder", "encoder")
+
+
+def build_tagger(
+    arch: str,
+    encoder: str | os.PathLike,
+    decoder: str | os.PathLike | None = None,
+    labels: LabelMap | None = None,
+    **hf_kwargs: Any,
+) -> PreTrainedModel:
+    """A tagger ready to fine-tune.
+
+    ``arch="encoder-decoder"``: ``encoder`` + ``decoder`` (the encoder again
+    when ``decoder`` is None) through ``EncoderDecoderTagger``; a decoder saved
+    with a token-classification head keeps it, and ``labels`` must then agree
+    with it (or be None).
+    ``arch="encoder"``: the baseline, ``AutoModelForTokenClassification`` on
+    ``encoder`` alone.
+    """
+    hf_kwargs.setdefault("trust_remote_code", False)
+    id2label = dict(labels.id2label) if labels is not None else None
+    if arch == "encoder-decoder":
+        return EncoderDecoderTagger.from_encoder_decoder_pretrained(
+            encoder, decoder if decoder is not None else encoder, id2label=id2label, **hf_kwargs
+        )
+    if arch == "encoder":
+        if decoder is not None:
+            raise ValueError("arch='encoder' takes no decoder")
+        if labels is None:
+            return AutoModelForTokenClassification.from_pretrained(encoder, use_safetensors=True, **hf_kwargs)
+        return AutoModelForTokenClassification.from_pretrained(
+            encoder,
+            num_labels=labels.num_labels,
+            id2label=id2label,
+            label2id=labels.label2id,
+            use_safetensors=True,
+            **hf_kwargs,
+        )
+    raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
+
+
+def load_tagger(path: str | os.PathLike, **hf_kwargs: Any) -> PreTrainedModel:
+    """Load a saved tagger of either architecture (the Auto class knows both)."""
+    hf_kwargs.setdefault("trust_remote_code", False)
+    return AutoModelForTokenClassification.from_pretrained(path, use_safetensors=True, **hf_kwargs)
+
+
+def load_tokenizer(path: str | os.PathLike, **hf_kwargs: Any):
+    """The fast tokenizer saved with a model (word alignment needs ``word_ids``)."""
+    hf_kwargs.setdefault("trust_remote_code", False)
+    tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True, **hf_kwargs)
+    if not tokenizer.is_fast:
+        raise ValueError(f"{path}: a fast tokenizer is required for word alignment")
+    return tokenizer
+
+
+def tagger_labels(model: PreTrainedModel) -> LabelMap:
+    """The label map a tagger predicts, from its config."""
+    return LabelMap.from_id2label(model.config.id2label)
+
+
+def tagger_arch(model: PreTrainedModel) -> str:
+    return "encoder-decoder" if isinstance(model, EncoderDecoderTagger) else "encoder"
+
+
+def max_positions(model: PreTrainedModel) -> int:
+    """The longest input the model's position embeddings allow."""
+    cfg = model.config.encoder if isinstance(model, EncoderDecoderTagger) else model.config
+    limits = [getattr(cfg, "max_position_embeddings", None)]
+    if isinstance(model, EncoderDecoderTagger):
+        limits.append(getattr(model.config.decoder, "max_position_embeddings", None))
+    limits = [x for x in limits if x]
+    return min(limits) if limits else 512
+
+
+def save_tagger(model: PreTrainedModel, tokenizer, output_dir: str | os.PathLike) -> None:
+    """Model (safetensors), config with the label map, and tokenizer in one HF directory."""
+    os.makedirs(output_dir, exist_ok=True)
+    model.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)

