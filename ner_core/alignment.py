@@ -81,8 +81,10 @@ def encode_batch(
     budget = max_length - len(prefix) - len(suffix)
     if budget < 1:
         raise ValueError(f"max_length={max_length} leaves no room beside {len(prefix) + len(suffix)} special tokens")
-    if not 0 <= stride < budget:
-        raise ValueError(f"stride must be in [0, {budget}) for max_length={max_length}, got {stride}")
+    if stride < 0:
+        raise ValueError(f"stride must be >= 0, got {stride}")
+    # Overlap beyond half a window only adds work; capping keeps defaults valid for any max_length.
+    stride = min(stride, budget // 2)
     if batch_label_ids is not None:
         if len(batch_label_ids) != len(batch_words):
             raise ValueError(f"{len(batch_label_ids)} label sequences for {len(batch_words)} documents")

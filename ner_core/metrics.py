@@ -30,7 +30,7 @@ def evaluate_tags(
             raise ValueError(f"sentence {i}: {len(t)} gold tags but {len(p)} predicted")
     true, pred = [list(s) for s in y_true], [list(s) for s in y_pred]
     kwargs = {"mode": mode, "scheme": _SCHEMES[scheme]} if mode == "strict" else {}
-    report = classification_report(true, pred, output_dict=True, zero_division=0, **kwargs)
+    report = classification_report(true, pred, output_dict=True, zero_division=0, **kwargs) if true else {}
     micro = report.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0})
     tokens = sum(len(s) for s in true)
     correct = sum(a == b for t, p in zip(true, pred) for a, b in zip(t, p))

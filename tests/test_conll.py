@@ -1,0 +1,59 @@
+"""CoNLL column reading: sentences, -DOCSTART-, errors that name file and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ner_core.conll import ConllFormatError, parse_conll_text, read_conll
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_sentences_docstart_and_columns(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("-DOCSTART- O\n\nEU B-ORG\nrejects O\n\n\nPeter B-PER\r\nBlackburn I-PER")
+    sentences = read_conll(path)
+    assert [s.tokens for s in sentences] == [["EU", "rejects"], ["Peter", "Blackburn"]]
+    assert [s.tags for s in sentences] == [["B-ORG", "O"], ["B-PER", "I-PER"]]
+    assert [s.line for s in sentences] == [3, 7]
+    assert sentences[0].source == str(path)
+
+
+def test_tab_separated_and_column_choice():
+    text = "Paris\tNNP\tB-LOC\nis\tVBZ\tO\n"
+    assert parse_conll_text(text)[0].tags == ["B-LOC", "O"]
+    assert parse_conll_text(text, token_column=0, tag_column=2)[0].tokens == ["Paris", "is"]
+    with pytest.raises(ConllFormatError, match="malformed tag 'NNP'"):
+        parse_conll_text(text, tag_column=1)
+
+
+def test_errors_name_file_and_line(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_text("EU B-ORG\nrejects O\n\nGerman B-MISC extra\n")
+    with pytest.raises(ConllFormatError, match=r"bad.txt:4: expected 2 columns, found 3"):
+        read_conll(path)
+    path.write_text("EU B-ORG\nrejects BAD\n")
+    with pytest.raises(ConllFormatError, match=r"bad.txt:2: malformed tag 'BAD'"):
+        read_conll(path)
+    path.write_text("\n\n")
+    with pytest.raises(ConllFormatError, match="no sentences"):
+        read_conll(path)
+    path.write_bytes(b"EU B-ORG\n\xff\xfe O\n")
+    with pytest.raises(ConllFormatError, match=r"bad.txt:2: cannot decode"):
+        read_conll(path)
+    path.write_text("onlyonecolumn\n")
+    with pytest.raises(ConllFormatError, match=r":1: expected at least 2 columns"):
+        read_conll(path)
+
+
+@pytest.mark.parametrize("corpus,first", [("conll2003", "EU"), ("wnut17", "@paulwalk")])
+def test_reads_shared_corpora_in_place(corpus, first):
+    path = SHARED / corpus / "train.txt"
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    head = "".join(path.open(encoding="utf-8").readlines()[:200])
+    sentences = parse_conll_text(head, str(path))
+    assert sentences[0].tokens[0] == first
+    assert all(len(s.tokens) == len(s.tags) for s in sentences)
