@@ -26,6 +26,10 @@ class ConllFormatError(ValueError):
         super().__init__(f"{source}:{line}: {reason}")
         self.source, self.line, self.reason = source, line, reason
 
+    def __reduce__(self):
+        # Raised inside Ray tasks: must survive pickling to reach the driver intact.
+        return (self.__class__, (self.source, self.line, self.reason))
+
 
 def iter_conll(
     lines: Iterable[str], source: str = "<string>", token_column: int = 0, tag_column: int = -1

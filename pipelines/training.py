@@ -1,0 +1,356 @@
+"""Data-parallel fine-tuning on Ray Train, fed by Ray Data.
+
+The driver reads and validates the data (in Ray Data tasks), fixes the label
+map, tokenizes into windows (Ray Data tasks again) and starts a
+``TorchTrainer``. Each worker builds the tagger, wraps it with
+``prepare_model`` (DDP, device), trains on its part of the windows in
+length-grouped batches, and after every epoch rank 0 evaluates dev with
+seqeval and reports a checkpoint. The best checkpoint by dev F1 becomes the
+output model.
+
+Resume is Ray Train's own: a run with the same name and storage path picks up
+its checkpoint manager and ``ray.train.get_checkpoint()`` returns the latest
+checkpoint, which holds model, optimizer, scheduler and the epoch reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray
+import ray.train
+import torch
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from ner_core.alignment import pad_windows, Window
+from ner_core.inference import InferenceSettings, WordTagger
+from ner_core.labels import SCHEMES, LabelMap
+from ner_core.metrics import evaluate_tags
+from ner_core.model import is_token_classification_config
+from ner_core.tagger import ARCHS, build_tagger, load_tokenizer, resolve_model_path, save_tagger
+from pipelines.labelled_data import collect_labels, encode_for_training, read_labelled
+
+RUN_NAME = "train"
+STATE_FILE = "train_state.pt"
+
+
+def _help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting and its default (YAML keys and flags use these names)."""
+
+    train: str | None = field(default=None, metadata=_help("labelled training data: CoNLL file(s), Parquet or JSONL with tokens/tags; local or s3://"))
+    dev: str | None = field(default=None, metadata=_help("labelled dev data for per-epoch evaluation and model selection"))
+    output: str = field(default="outputs/train", metadata=_help("output directory (local): final model, tokenizer, labels.json, metrics.json"))
+    arch: str = field(default="encoder-decoder", metadata=_help("encoder-decoder | encoder"))
+    encoder: str = field(default="minilm", metadata=_help("encoder name or directory ('minilm' = the packaged all-MiniLM-L6-v2)"))
+    decoder: str | None = field(default=None, metadata=_help("decoder name or directory for encoder-decoder (default: the encoder)"))
+    scheme: str = field(default="IOB2", metadata=_help("tag scheme of the input data: IOB1 | IOB2 | IOBES (converted to IOB2)"))
+    repair_invalid: bool = field(default=False, metadata=_help("repair invalid tag sequences (e.g. O I-PER) instead of failing"))
+    token_column: int = field(default=0, metadata=_help("CoNLL column holding the token"))
+    tag_column: int = field(default=-1, metadata=_help("CoNLL column holding the tag"))
+    epochs: int = 3
+    batch_size: int = field(default=32, metadata=_help("windows per optimizer micro-step, per worker"))
+    grad_accum_steps: int = 1
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    max_length: int = field(default=128, metadata=_help("subword window length; longer sentences become overlapping windows"))
+    stride: int = field(default=32, metadata=_help("subword overlap between consecutive windows"))
+    eval_batch_size: int = 64
+    num_workers: int = field(default=2, metadata=_help("Ray Train workers (data-parallel)"))
+    use_gpu: bool = False
+    cpus_per_worker: float = field(default=0.5, metadata=_help("CPUs reserved per worker; fractional so workers and Ray Data tasks fit together"))
+    torch_threads: int = field(default=1, metadata=_help("torch intra-op threads per worker"))
+    mixed_precision: str = field(default="auto", metadata=_help("auto (bf16/fp16 on GPU, none on CPU) | bf16 | fp16 | none"))
+    seed: int = 42
+    resume: bool = field(default=False, metadata=_help("continue the interrupted run in --output from its last checkpoint"))
+    max_failures: int = field(default=2, metadata=_help("worker failures tolerated; each restarts from the last checkpoint"))
+    checkpoints_to_keep: int = 2
+    fail_after_epoch: int | None = field(default=None, metadata=_help("testing: raise in the workers after this epoch's checkpoint (once)", cli=True))
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        if self.arch == "encoder" and self.decoder:
+            raise ValueError("arch 'encoder' takes no decoder")
+        if self.mixed_precision not in ("auto", "bf16", "fp16", "none"):
+            raise ValueError(f"mixed_precision must be auto|bf16|fp16|none, got {self.mixed_precision!r}")
+        for name in ("epochs", "batch_size", "grad_accum_steps", "num_workers", "max_length", "torch_threads", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.cpus_per_worker <= 0:
+            raise ValueError("cpus_per_worker must be > 0")
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(os.path.abspath(self.output), "_ray")
+
+
+# ----------------------------------------------------------------- worker side
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _epoch_batches(rows: list[dict], epoch: int, cfg: TrainConfig, rank: int, world: int) -> list[list[dict]]:
+    """This rank's length-grouped batches for one epoch.
+
+    All ranks draw the same seeded permutation, take every world-th row and
+    cut to the same count, so every rank runs the same number of steps (DDP
+    needs that) and the order depends only on seed and epoch. Rows are then
+    sorted by length inside chunks of 50 batches, so a batch pads little,
+    and the batches are shuffled.
+    """
+    rng = np.random.default_rng(cfg.seed + 1000 * epoch)
+    per_rank = len(rows) // world
+    mine = [rows[i] for i in rng.permutation(len(rows))[rank::world][:per_rank]]
+    chunk = cfg.batch_size * 50
+    batches = []
+    for start in range(0, len(mine), chunk):
+        group = sorted(mine[start : start + chunk], key=lambda r: r["length"])
+        batches += [group[i : i + cfg.batch_size] for i in range(0, len(group), cfg.batch_size)]
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or cfg.mixed_precision == "none":
+        return None
+    if cfg.mixed_precision == "fp16":
+        return torch.float16
+    if cfg.mixed_precision == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _evaluate(model, tokenizer, dev_rows, cfg: TrainConfig, device, dtype) -> dict:
+    tagger = WordTagger(
+        _unwrap(model),
+        tokenizer,
+        InferenceSettings(max_length=cfg.max_length, stride=cfg.stride, batch_size=cfg.eval_batch_size),
+        device=device,
+        autocast_dtype=dtype,
+    )
+    pred = tagger.predict([r["tokens"] for r in dev_rows])
+    return evaluate_tags([r["tags"] for r in dev_rows], pred, scheme="IOB2", mode="strict")
+
+
+def train_loop_per_worker(config: dict) -> None:
+    cfg = TrainConfig(**config["cfg"])
+    labels = LabelMap(tuple(config["labels"]))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.torch_threads)
+    _seed_everything(cfg.seed)
+
+    model = build_tagger(cfg.arch, cfg.encoder, cfg.decoder if cfg.arch == "encoder-decoder" else None, labels=labels)
+    tokenizer = load_tokenizer(cfg.encoder)
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)], "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
+    ]
+
+    train_rows = sorted(ray.train.get_dataset_shard("train").iter_rows(), key=lambda r: r["key"])
+    train_rows = [{"input_ids": list(r["input_ids"]), "labels": list(r["labels"]), "length": int(r["length"])} for r in train_rows]
+    dev_rows = []
+    if rank == 0 and config["has_dev"]:
+        dev_rows = sorted(ray.train.get_dataset_shard("dev").iter_rows(), key=lambda r: (r["source"], r["line"]))
+        dev_rows = [{"tokens": list(r["tokens"]), "tags": list(r["tags"])} for r in dev_rows]
+
+    steps_per_epoch = math.ceil(len(_epoch_batches(train_rows, 0, cfg, rank, world)) / cfg.grad_accum_steps)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_rows)} training windows are too few for {world} workers")
+    total_steps = steps_per_epoch * cfg.epochs
+
+    from transformers import get_linear_schedule_with_warmup
+
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    dtype = _autocast_dtype(cfg, device)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+
+    start_epoch, history, resumed = 0, [], False
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            from safetensors.torch import load_file
+
+            _unwrap(model).load_state_dict(load_file(os.path.join(ckpt_dir, "model.safetensors"), device=str(device)), strict=False)
+            state = torch.load(os.path.join(ckpt_dir, STATE_FILE), map_location=device, weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history, resumed = int(state["epoch"]) + 1, json.loads(state["history"]), True
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for epoch in range(start_epoch, cfg.epochs):
+        _seed_everything(cfg.seed + 7919 * epoch + rank)
+        model.train()
+        batches = _epoch_batches(train_rows, epoch, cfg, rank, world)
+        t0 = time.perf_counter()
+        tokens, loss_sum = 0, 0.0
+        optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(batches):
+            windows = [Window(r["input_ids"], [1] * len(r["input_ids"]), [], r["labels"], 0, 0) for r in batch]
+            padded = {k: torch.tensor(v, device=device) for k, v in pad_windows(windows, pad_id, 8).items()}
+            tokens += int(padded["attention_mask"].sum())
+            last_micro = (i + 1) % cfg.grad_accum_steps == 0 or i + 1 == len(batches)
+            sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
+            with sync:
+                with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+                    loss = model(**padded).loss / cfg.grad_accum_steps
+                (scaler.scale(loss) if scaler else loss).backward()
+            loss_sum += float(loss.detach()) * cfg.grad_accum_steps
+            if last_micro:
+                if scaler:
+                    scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+        train_time = time.perf_counter() - t0
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            count = torch.tensor([tokens], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(count)
+            tokens = int(count.item())
+
+        metrics = {"epoch": epoch, "train_loss": loss_sum / max(len(batches), 1), "train_tokens": tokens, "train_time_s": train_time, "tokens_per_s": tokens / train_time if train_time else 0.0}
+        if rank == 0:
+            if dev_rows:
+                t1 = time.perf_counter()
+                dev = _evaluate(model, tokenizer, dev_rows, cfg, device, dtype)
+                metrics.update({"dev_f1": dev["f1"], "dev_precision": dev["precision"], "dev_recall": dev["recall"], "dev_per_type": dev["per_type"], "eval_time_s": time.perf_counter() - t1})
+        # the checkpoint score: dev F1, or (no dev set) the lowest training loss
+        metrics["score"] = metrics.get("dev_f1", -metrics["train_loss"])
+        if rank == 0:
+            history.append(metrics)
+            with tempfile.TemporaryDirectory() as tmp:
+                save_tagger(_unwrap(model), tokenizer, tmp)
+                torch.save(
+                    {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "history": json.dumps(history)},
+                    os.path.join(tmp, STATE_FILE),
+                )
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=f"epoch_{epoch:03d}")
+        else:
+            ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=f"epoch_{epoch:03d}")
+        if cfg.fail_after_epoch is not None and epoch == cfg.fail_after_epoch and not resumed:
+            raise RuntimeError(f"injected failure after epoch {epoch} (fail_after_epoch)")
+
+
+# ----------------------------------------------------------------- driver side
+
+
+def _labels_for(cfg: TrainConfig, train_ds) -> LabelMap:
+    """Labels from the training data, or the saved head's labels when the decoder has one."""
+    from transformers import AutoConfig
+
+    found = LabelMap(tuple(collect_labels(train_ds)))
+    if cfg.arch == "encoder-decoder":
+        dec_cfg = AutoConfig.from_pretrained(resolve_model_path(cfg.decoder or cfg.encoder))
+        if is_token_classification_config(dec_cfg):
+            saved = LabelMap.from_id2label(dec_cfg.id2label)
+            unknown = sorted(set(found.labels) - set(saved.labels))
+            if unknown:
+                raise ValueError(f"training data has labels {unknown} that the decoder's saved head {saved.labels} lacks")
+            return saved
+    return found
+
+
+def run_training(cfg: TrainConfig) -> dict:
+    """Train, select the best epoch by dev F1, write the output directory; returns the summary."""
+    started = time.perf_counter()
+    if not cfg.train:
+        raise ValueError("no training data: set --train")
+    run_path = os.path.join(cfg.run_dir, RUN_NAME)
+    if os.path.exists(run_path) and not cfg.resume:
+        raise FileExistsError(f"{cfg.output} holds an earlier run: pass --resume to continue it, or choose another --output")
+    if cfg.resume and not os.path.exists(run_path):
+        raise FileNotFoundError(f"--resume: no earlier run in {cfg.output}")
+
+    train_ds = read_labelled(cfg.train, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column).materialize()
+    labels = _labels_for(cfg, train_ds)
+    datasets = {}
+    if cfg.dev:
+        dev_ds = read_labelled(cfg.dev, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column).materialize()
+        unknown = sorted(set(collect_labels(dev_ds)) - set(labels.labels))
+        if unknown:
+            raise ValueError(f"dev data {cfg.dev} has labels {unknown} never seen in training data {cfg.train}")
+        datasets["dev"] = dev_ds
+    datasets["train"] = encode_for_training(train_ds, resolve_model_path(cfg.encoder), labels, cfg.max_length, cfg.stride).materialize()
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": dataclasses.asdict(cfg), "labels": list(labels.labels), "has_dev": bool(cfg.dev)},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=[]),
+        run_config=RunConfig(
+            name=RUN_NAME,
+            storage_path=cfg.run_dir,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep, checkpoint_score_attribute="score", checkpoint_score_order="max"),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    return _write_output(cfg, result, labels, time.perf_counter() - started)
+
+
+def _write_output(cfg: TrainConfig, result, labels: LabelMap, wall_time: float) -> dict:
+    best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: (cm[1]["score"], -cm[1]["epoch"]))
+    with result.checkpoint.as_directory() as latest:
+        state = torch.load(os.path.join(latest, STATE_FILE), map_location="cpu", weights_only=True)
+    history = json.loads(state["history"])
+    with best_ckpt.as_directory() as best_dir:
+        for name in os.listdir(best_dir):
+            if name != STATE_FILE:
+                shutil.copy2(os.path.join(best_dir, name), os.path.join(cfg.output, name))
+    with open(os.path.join(cfg.output, "labels.json"), "w") as fh:
+        json.dump(list(labels.labels), fh, indent=1)
+    train_tokens = sum(h["train_tokens"] for h in history)
+    train_time = sum(h["train_time_s"] for h in history)
+    summary = {
+        "best_epoch": best_metrics["epoch"],
+        "best_dev_f1": best_metrics["dev_f1"] if cfg.dev else None,
+        "epochs": history,
+        "wall_time_s": wall_time,
+        "train_tokens": train_tokens,
+        "train_tokens_per_s": train_tokens / train_time if train_time else 0.0,
+        "labels": list(labels.labels),
+        "config": dataclasses.asdict(cfg),
+    }
+    with open(os.path.join(cfg.output, "metrics.json"), "w") as fh:
+        json.dump(summary, fh, indent=1)
+    return summary
