@@ -1,18 +1,26 @@
 """Label schemes (IOB1, IOB2, IOBES): parsing, conversion, validation, repair, label maps.
 
-Everything converts through entity spans read leniently (the conlleval way),
-so any input, however messy, maps to one well-defined set of entities, and
-every output in IOB2/IOBES is valid by construction.
+Everything converts through entity spans read leniently, the way conlleval
+(and seqeval's default mode) reads them, so any input, however messy, maps to
+one well-defined set of entities, and every IOB2/IOBES output is valid by
+construction. Reading rules, whatever the scheme:
+
+- ``B-X`` and ``S-X`` always start an entity; ``S-X`` and ``E-X`` end one.
+- ``I-X``/``E-X`` continue a running ``X`` entity; after ``O``, after another
+  type, or after an entity closed by ``E-``/``S-`` they start a new one. This
+  is how IOB1 is meant to be read, and how IOB1 remnants in "IOB2" corpora
+  (CoNLL-2003 has a few hundred) are counted by conlleval.
+- In IOB1, ``B-X`` only appears right after an ``X`` entity, to split the two.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 
 SCHEMES = ("IOB1", "IOB2", "IOBES")
 _PREFIXES = {"IOB1": ("B", "I"), "IOB2": ("B", "I"), "IOBES": ("B", "I", "E", "S")}
+_ALL_PREFIXES = ("B", "I", "E", "S")
 
 
 class InvalidTagError(ValueError):
@@ -20,50 +28,54 @@ class InvalidTagError(ValueError):
 
 
 class UnknownLabelError(ValueError):
-    """A tag outside the model's label set."""
+    """A tag (or label id) outside a model's label set."""
 
 
-def _check_scheme(scheme: str) -> None:
+def check_scheme(scheme: str) -> str:
+    """Return ``scheme`` if it is one of ``SCHEMES``; a typo must not silently mean IOB2."""
     if scheme not in SCHEMES:
-        raise ValueError(f"unknown label scheme {scheme!r}; expected one of {SCHEMES}")
+        raise ValueError(f"unknown label scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
+    return scheme
 
 
 def split_tag(tag: str) -> tuple[str, str | None]:
-    """``"B-PER"`` -> ``("B", "PER")``; ``"O"`` -> ``("O", None)``. Splits on the first '-'."""
+    """``"B-PER"`` -> ``("B", "PER")``; ``"O"`` -> ``("O", None)``.
+
+    Splits on the first '-' only, because types may contain dashes
+    (WNUT's ``I-creative-work``).
+    """
     if tag == "O":
         return "O", None
+    if not isinstance(tag, str):
+        raise InvalidTagError(f"malformed tag {tag!r}: tags are strings")
     prefix, sep, etype = tag.partition("-")
-    if not sep or prefix not in ("B", "I", "E", "S") or not etype:
+    if not sep or prefix not in _ALL_PREFIXES or not etype:
         raise InvalidTagError(f"malformed tag {tag!r}: expected 'O' or B-/I-/E-/S- followed by a type")
     return prefix, etype
 
 
-def _spans(tags: Sequence[str], scheme: str) -> list[tuple[str, int, int]]:
-    """Entities as (type, start, end), read leniently.
+def entity_spans(tags: Sequence[str], scheme: str = "IOB2") -> list[tuple[str, int, int]]:
+    """Entities as ``(type, start, end)`` token ranges, read leniently (see module docstring).
 
-    An entity starts at B-/S-, at any tag whose type differs from the running
-    entity, and at I-/E- after O (IOB1 style). It ends after E-/S-, at O, or
-    where the next entity starts. In IOB1, B-X only splits two adjacent X entities.
+    ``scheme`` is only checked: the conlleval reading handles every prefix the
+    same way in every scheme, which is what makes conversion total.
     """
-    _check_scheme(scheme)
+    check_scheme(scheme)
     spans: list[tuple[str, int, int]] = []
-    cur_type: str | None = None
+    cur_type: str | None = None  # type of the running (open) entity, None when outside
     cur_start = 0
-    closed = True  # whether the running entity was closed by E-/S-
     for i, tag in enumerate(tags):
         prefix, etype = split_tag(tag)
         if prefix == "O":
             if cur_type is not None:
                 spans.append((cur_type, cur_start, i))
-            cur_type, closed = None, True
+                cur_type = None
             continue
-        starts = cur_type is None or closed or etype != cur_type or prefix in ("B", "S")
-        if starts:
+        if cur_type is None or etype != cur_type or prefix in ("B", "S"):
             if cur_type is not None:
                 spans.append((cur_type, cur_start, i))
             cur_type, cur_start = etype, i
-        closed = scheme == "IOBES" and prefix in ("E", "S")
-        if closed:
+        if prefix in ("E", "S"):
             spans.append((cur_type, cur_start, i + 1))
             cur_type = None
     if cur_type is not None:
@@ -72,11 +84,15 @@ def _spans(tags: Sequence[str], scheme: str) -> list[tuple[str, int, int]]:
 
 
 def spans_to_tags(spans: Iterable[tuple[str, int, int]], length: int, scheme: str = "IOB2") -> list[str]:
-    """Emit a valid tag sequence of ``scheme`` for non-overlapping (type, start, end) spans."""
-    _check_scheme(scheme)
+    """A valid ``scheme`` sequence of ``length`` tags for non-overlapping ``(type, start, end)`` spans."""
+    check_scheme(scheme)
     tags = ["O"] * length
-    previous: tuple[str, int] | None = None  # (type, end) of the last span
+    previous: tuple[str, int] | None = None  # (type, end) of the span just written
     for etype, start, end in sorted(spans, key=lambda s: s[1]):
+        if not 0 <= start < end <= length:
+            raise ValueError(f"span {etype} [{start}, {end}) does not fit in {length} tags")
+        if any(t != "O" for t in tags[start:end]):
+            raise ValueError(f"span {etype} [{start}, {end}) overlaps another span")
         for i in range(start, end):
             tags[i] = f"I-{etype}"
         if scheme == "IOB2":
@@ -86,60 +102,85 @@ def spans_to_tags(spans: Iterable[tuple[str, int, int]], length: int, scheme: st
                 tags[start] = f"S-{etype}"
             else:
                 tags[start], tags[end - 1] = f"B-{etype}", f"E-{etype}"
-        elif previous is not None and previous == (etype, start):  # IOB1: B only between same-type neighbours
+        elif previous == (etype, start):  # IOB1: B- only between two adjacent same-type entities
             tags[start] = f"B-{etype}"
         previous = (etype, end)
     return tags
 
 
 def convert_scheme(tags: Sequence[str], source: str, target: str) -> list[str]:
-    """Convert between schemes; IOB2/IOBES output is always valid."""
-    return spans_to_tags(_spans(tags, source), len(tags), target)
+    """Convert a tag sequence from ``source`` to ``target``; IOB2/IOBES output is always valid."""
+    check_scheme(target)
+    return spans_to_tags(entity_spans(tags, source), len(tags), target)
 
 
 def find_invalid(tags: Sequence[str], scheme: str = "IOB2") -> list[tuple[int, str]]:
-    """(index, reason) for each position that breaks ``scheme``; empty when valid."""
-    _check_scheme(scheme)
-    problems: list[tuple[int, str]] = []
+    """``(index, reason)`` for each position that breaks ``scheme``, in order; ``[]`` when valid.
+
+    One entry per offending position (several reasons are joined with "; "),
+    so a caller can point at the exact token line of a CoNLL file.
+    Malformed tags raise ``InvalidTagError``: they are not a scheme question.
+    """
+    check_scheme(scheme)
+    parsed = [split_tag(t) for t in tags]
     allowed = _PREFIXES[scheme]
-    prev_prefix, prev_type = "O", None
-    for i, tag in enumerate(tags):
-        prefix, etype = split_tag(tag)
+    problems: dict[int, list[str]] = {}
+
+    def flag(i: int, reason: str) -> None:
+        problems.setdefault(i, []).append(reason)
+
+    for i, (prefix, etype) in enumerate(parsed):
+        prev_prefix, prev_type = parsed[i - 1] if i else ("O", None)
+        # "inside" = the previous tag leaves an entity of this type open for continuation
+        continues = prev_type == etype and prev_prefix in (("B", "I") if scheme == "IOBES" else allowed)
+        where = f"after {tags[i - 1]}" if i else "at the start"
         if prefix != "O" and prefix not in allowed:
-            problems.append((i, f"{tag}: prefix {prefix}- is not part of {scheme}"))
-        elif scheme == "IOB2" and prefix == "I" and (prev_prefix == "O" or prev_type != etype):
-            problems.append((i, f"{tag} does not continue an entity of type {etype} (previous tag {tags[i - 1] if i else 'start'})"))
-        elif scheme == "IOB1" and prefix == "B" and not (prev_prefix in ("B", "I") and prev_type == etype):
-            problems.append((i, f"{tag}: in IOB1, B- only separates two adjacent {etype} entities"))
-        elif scheme == "IOBES":
-            open_entity = prev_prefix in ("B", "I")
-            if prefix in ("I", "E") and not (open_entity and prev_type == etype):
-                problems.append((i, f"{tag} does not continue an open {etype} entity"))
-            elif prefix in ("B", "S", "O") and open_entity:
-                problems.append((i, f"{tags[i - 1]} at {i - 1} is never closed by E-{prev_type}"))
-        prev_prefix, prev_type = prefix, etype
-    if scheme == "IOBES" and prev_prefix in ("B", "I"):
-        problems.append((len(tags) - 1, f"{tags[-1]} ends the sequence without E-{prev_type}"))
-    return problems
+            flag(i, f"{tags[i]}: prefix {prefix}- is not part of {scheme}")
+        elif scheme == "IOB2" and prefix == "I" and not continues:
+            flag(i, f"{tags[i]} {where} does not continue a {etype} entity (expected B-{etype})")
+        elif scheme == "IOB1" and prefix == "B" and not continues:
+            flag(i, f"{tags[i]} {where}: in IOB1, B- only separates two adjacent {etype} entities (expected I-{etype})")
+        elif scheme == "IOBES" and prefix in ("I", "E") and not continues:
+            flag(i, f"{tags[i]} {where} does not continue an open {etype} entity")
+        if scheme == "IOBES" and prefix in ("B", "I"):
+            nxt = parsed[i + 1] if i + 1 < len(parsed) else ("O", None)
+            if not (nxt[0] in ("I", "E") and nxt[1] == etype):
+                follower = f"followed by {tags[i + 1]}" if i + 1 < len(tags) else "at the end"
+                flag(i, f"{tags[i]} {follower} is never closed by E-{etype}")
+    return [(i, "; ".join(reasons)) for i, reasons in sorted(problems.items())]
 
 
 def is_valid(tags: Sequence[str], scheme: str = "IOB2") -> bool:
+    """Whether ``tags`` is a valid ``scheme`` sequence."""
     return not find_invalid(tags, scheme)
 
 
 def repair(tags: Sequence[str], scheme: str = "IOB2") -> list[str]:
-    """The nearest valid sequence: read leniently, re-emit (``O I-PER`` -> ``O B-PER`` in IOB2)."""
+    """The valid ``scheme`` sequence with the same lenient reading.
+
+    Valid input comes back unchanged; otherwise only the offending prefixes
+    change (IOB2: ``O I-PER`` -> ``O B-PER``, ``B-LOC I-PER`` -> ``B-LOC B-PER``;
+    IOBES: ``B-PER I-PER`` -> ``B-PER E-PER``).
+    """
     return convert_scheme(tags, scheme, scheme)
 
 
 def label_list(entity_types: Iterable[str], scheme: str = "IOB2") -> list[str]:
-    """``O`` first, then each type (sorted) with every prefix of the scheme."""
-    _check_scheme(scheme)
-    return ["O"] + [f"{p}-{t}" for t in sorted(set(entity_types)) for p in _PREFIXES[scheme]]
+    """``O`` first, then each type (sorted, so the order is reproducible) with every prefix of the scheme."""
+    check_scheme(scheme)
+    types = sorted(set(entity_types))
+    for etype in types:
+        if not isinstance(etype, str) or not etype:
+            raise InvalidTagError(f"entity type {etype!r} must be a non-empty string")
+    return ["O"] + [f"{p}-{t}" for t in types for p in _PREFIXES[scheme]]
 
 
 def labels_from_sequences(seqs: Iterable[Sequence[str]], scheme: str = "IOB2") -> list[str]:
-    """The complete label list for the entity types seen (even prefixes never seen)."""
+    """The complete label list for the entity types seen.
+
+    Complete means every prefix of every type, even ones the data never uses
+    (a corpus without ``I-MISC`` must still give the model an ``I-MISC`` output).
+    """
     types = {etype for seq in seqs for tag in seq for _, etype in [split_tag(tag)] if etype is not None}
     return label_list(types, scheme)
 
@@ -150,23 +191,27 @@ class LabelMap:
 
     labels: tuple[str, ...]
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         labels = tuple(self.labels)
         object.__setattr__(self, "labels", labels)
         if not labels:
             raise ValueError("a label map needs at least one label")
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"duplicate labels in {labels}")
+        duplicates = sorted({t for t in labels if labels.count(t) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate labels {duplicates} in {list(labels)}")
         if "O" not in labels:
-            raise ValueError(f"label map {labels} has no 'O' label")
+            raise ValueError(f"label map {list(labels)} has no 'O' label")
         for tag in labels:
             split_tag(tag)
+        # Not a dataclass field: equality and hashing stay on ``labels`` alone.
+        object.__setattr__(self, "_index", {tag: i for i, tag in enumerate(labels)})
 
-    @cached_property
+    @property
     def label2id(self) -> dict[str, int]:
-        return {tag: i for i, tag in enumerate(self.labels)}
+        """A fresh dict (callers such as HF configs may mutate it)."""
+        return dict(self._index)  # type: ignore[attr-defined]
 
-    @cached_property
+    @property
     def id2label(self) -> dict[int, str]:
         return dict(enumerate(self.labels))
 
@@ -176,20 +221,35 @@ class LabelMap:
 
     @property
     def entity_types(self) -> list[str]:
-        return sorted({split_tag(t)[1] for t in self.labels if t != "O"})
+        """The entity types, sorted."""
+        return sorted({etype for t in self.labels for _, etype in [split_tag(t)] if etype is not None})
 
-    def encode(self, tags: Sequence[str]) -> list[int]:
+    def encode(self, tags: Iterable[str]) -> list[int]:
+        index = self._index  # type: ignore[attr-defined]
         try:
-            return [self.label2id[t] for t in tags]
+            return [index[t] for t in tags]
         except KeyError as exc:
             raise UnknownLabelError(f"unknown tag {exc.args[0]!r}; known labels: {list(self.labels)}") from None
 
-    def decode(self, ids: Sequence[int]) -> list[str]:
-        return [self.labels[int(i)] for i in ids]
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        out = []
+        n = len(self.labels)
+        for i in ids:
+            k = int(i)
+            if not 0 <= k < n:  # a negative id (e.g. -100) must not wrap around to the last label
+                raise UnknownLabelError(f"label id {k} outside 0..{n - 1} ({n} labels)")
+            out.append(self.labels[k])
+        return out
 
     @classmethod
-    def from_id2label(cls, mapping: Mapping[int | str, str]) -> "LabelMap":
-        by_id = {int(k): v for k, v in mapping.items()}
-        if sorted(by_id) != list(range(len(by_id))):
-            raise ValueError(f"label ids must be 0..{len(by_id) - 1}, got {sorted(by_id)}")
+    def from_id2label(cls, mapping: Mapping[int | str, str]) -> LabelMap:
+        """From an HF config's ``id2label`` (keys are ints, or strs after a JSON round trip)."""
+        by_id: dict[int, str] = {}
+        for key, tag in mapping.items():
+            try:
+                by_id[int(key)] = tag
+            except (TypeError, ValueError):
+                raise ValueError(f"id2label key {key!r} is not an integer id") from None
+        if sorted(by_id) != list(range(len(by_id))) or len(by_id) != len(mapping):
+            raise ValueError(f"id2label keys must be exactly 0..{len(mapping) - 1}, got {sorted(mapping, key=str)}")
         return cls(tuple(by_id[i] for i in range(len(by_id))))

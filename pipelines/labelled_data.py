@@ -115,9 +115,12 @@ def read_labelled(
 ) -> ray.data.Dataset:
     """Rows ``tokens, tags (IOB2), source, line`` from every labelled file under ``path``."""
     files = expand_inputs(path, CONLL_EXTENSIONS + tuple(FORMAT_EXTENSIONS))
+    # Let a data error reach the driver as itself (ConllFormatError with file:line),
+    # not as a generic "UDF failed" wrapper whose cause is lost in pickling.
+    ray.data.DataContext.get_current().raise_original_map_exception = True
     fs = arrow_filesystem(path)
     paths = [strip_scheme(f) for f in files] if fs is not None else files
-    ds = ray.data.read_binary_files(paths, include_paths=True, filesystem=fs, ray_remote_args={"num_cpus": 0.25})
+    ds = ray.data.read_binary_files(paths, include_paths=True, filesystem=fs, num_cpus=0.25)
     ds = ds.flat_map(_parse_file, fn_kwargs={"token_column": token_column, "tag_column": tag_column}, num_cpus=0.25)
     return ds.map_batches(
         _normalise, batch_format="pyarrow", fn_kwargs={"scheme": scheme, "repair_invalid": repair_invalid}, num_cpus=0.25
