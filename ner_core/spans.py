@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ner_core.labels import _spans
+from ner_core.labels import entity_spans
 from ner_core.text import Word
 
 
@@ -20,7 +20,7 @@ class Span:
 
 def extract_spans(tags: Sequence[str], scheme: str = "IOB2") -> list[Span]:
     """Entities read leniently (conlleval / seqeval default): ``O I-PER`` still yields a PER."""
-    return [Span(t, s, e) for t, s, e in _spans(tags, scheme)]
+    return [Span(t, s, e) for t, s, e in entity_spans(tags, scheme)]
 
 
 def char_spans(spans: Sequence[Span], words: Sequence[Word], text: str) -> list[dict]:
