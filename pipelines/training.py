@@ -134,6 +134,18 @@ def _epoch_batches(rows: list[dict], epoch: int, cfg: TrainConfig, rank: int, wo
     return [batches[i] for i in order]
 
 
+def _rows(shard, columns: tuple[str, ...]) -> list[dict]:
+    """All rows of a dataset shard as plain Python values, read in large Arrow batches.
+
+    (Row-by-row iteration costs a conversion per row: minutes for CoNLL.)
+    """
+    rows: list[dict] = []
+    for batch in shard.iter_batches(batch_size=8192, batch_format="pyarrow"):
+        cols = [batch.column(c).to_pylist() for c in columns]
+        rows.extend(dict(zip(columns, values)) for values in zip(*cols))
+    return rows
+
+
 def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda" or cfg.mixed_precision == "none":
         return None
@@ -176,12 +188,10 @@ def train_loop_per_worker(config: dict) -> None:
         {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
     ]
 
-    train_rows = sorted(ray.train.get_dataset_shard("train").iter_rows(), key=lambda r: r["key"])
-    train_rows = [{"input_ids": list(r["input_ids"]), "labels": list(r["labels"]), "length": int(r["length"])} for r in train_rows]
+    train_rows = sorted(_rows(ray.train.get_dataset_shard("train"), ("input_ids", "labels", "length", "key")), key=lambda r: r["key"])
     dev_rows = []
     if rank == 0 and config["has_dev"]:
-        dev_rows = sorted(ray.train.get_dataset_shard("dev").iter_rows(), key=lambda r: (r["source"], r["line"]))
-        dev_rows = [{"tokens": list(r["tokens"]), "tags": list(r["tags"])} for r in dev_rows]
+        dev_rows = sorted(_rows(ray.train.get_dataset_shard("dev"), ("tokens", "tags", "source", "line")), key=lambda r: (r["source"], r["line"]))
 
     steps_per_epoch = math.ceil(len(_epoch_batches(train_rows, 0, cfg, rank, world)) / cfg.grad_accum_steps)
     if steps_per_epoch == 0:
