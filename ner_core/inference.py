@@ -54,16 +54,19 @@ class WordTagger:
         """Label ids per word for each document."""
         s = self.settings
         per_doc = encode_batch(self.tokenizer, docs, max_length=s.max_length, stride=s.stride)
-        flat: list[tuple[int, int, Window]] = [
-            (d, w, win) for d, wins in enumerate(per_doc) for w, win in enumerate(wins)
-        ]
-        order = sorted(range(len(flat)), key=lambda i: len(flat[i][2].input_ids))
+        return self.predict_windows(per_doc, [len(d) for d in docs])
+
+    def predict_windows(self, per_doc: Sequence[Sequence[Window]], num_words: Sequence[int]) -> list[list[int]]:
+        """Label ids per word from already-encoded windows (the bulk tagger encodes in other processes)."""
+        s = self.settings
+        flat: list[Window] = [win for wins in per_doc for win in wins]
+        order = sorted(range(len(flat)), key=lambda i: len(flat[i].input_ids))
         preds: list[list[int] | None] = [None] * len(flat)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         with torch.inference_mode(), self._autocast():
             for start in range(0, len(order), s.batch_size):
                 idx = order[start : start + s.batch_size]
-                batch = pad_windows([flat[i][2] for i in idx], pad_id, s.pad_to_multiple_of)
+                batch = pad_windows([flat[i] for i in idx], pad_id, s.pad_to_multiple_of)
                 input_ids = torch.tensor(batch["input_ids"], device=self.device)
                 mask = torch.tensor(batch["attention_mask"], device=self.device)
                 logits = self.model(input_ids=input_ids, attention_mask=mask).logits
@@ -72,10 +75,10 @@ class WordTagger:
                     preds[i] = row
         out: list[list[int]] = []
         cursor = 0
-        for d, wins in enumerate(per_doc):
+        for wins, n in zip(per_doc, num_words):
             window_preds = preds[cursor : cursor + len(wins)]
             cursor += len(wins)
-            out.append(merge_window_predictions(wins, window_preds, len(docs[d])))
+            out.append(merge_window_predictions(wins, window_preds, n))
         return out
 
     def predict(self, docs: Sequence[Sequence[str]]) -> list[list[str]]:

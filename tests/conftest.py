@@ -136,3 +136,22 @@ def ray_cluster(s3_server):
     ctx.enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_tagger(tiny_dirs, tokenizer, tmp_path_factory):
+    """A saved tiny encoder-decoder tagger with the CoNLL label set (random weights, fixed seed).
+
+    Its predictions are arbitrary but deterministic, which is what the tagging
+    tests need: they compare the job's labels with ``WordTagger`` run in-process.
+    """
+    from ner_core import EncoderDecoderTagger
+    from ner_core.tagger import save_tagger
+
+    torch.manual_seed(3)
+    model = EncoderDecoderTagger.from_encoder_decoder_pretrained(
+        tiny_dirs["distilbert"], tiny_dirs["bert"], id2label=dict(enumerate(CONLL_LABELS))
+    )
+    path = tmp_path_factory.mktemp("tiny_tagger") / "model"
+    save_tagger(model, tokenizer, path)
+    return str(path)

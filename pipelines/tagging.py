@@ -1,0 +1,505 @@
+"""Bulk tagging on Ray Data: files in, per-token IOB labels and entity spans out.
+
+The stages, all streaming (memory does not grow with corpus size):
+
+1. ``TaggingInput`` reads Parquet/JSONL files in blocks; unparseable rows
+   become error rows (see ``tag_input``).
+2. ``preprocess`` (Ray Data tasks): row -> words (+ character offsets for raw
+   text) -> subword windows; rows that cannot be tagged become error rows.
+3. ``TagActor`` (an actor pool, model loaded once per actor): batched,
+   length-sorted inference on the windows, merged back to one label per word.
+4. ``TaggedOutputSink``: writes each block's rows as pieces per source file
+   into staging; the driver commits a source file once all its rows are
+   there (see ``tag_store``), which is what makes a killed job resumable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from ray.data.datasource import Datasink
+
+from ner_core.alignment import Window, encode_batch
+from ner_core.documents import BadRow, Document, document_from_text, document_from_tokens
+from ner_core.spans import extract_spans
+from pipelines.storage import expand_inputs
+from pipelines.tag_input import ERROR, INTERNAL_PREFIX, RAW, ROW, SRC, TaggingInput
+from pipelines.tag_store import OutputStore, Piece, jsonl_bytes, parquet_bytes, source_key
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("parquet", "jsonl")
+OUTPUT_COLUMNS = ("tokens", "labels", "entities")
+ENTITY_TYPE = pa.struct([("type", pa.string()), ("start", pa.int64()), ("end", pa.int64()), ("text", pa.string())])
+_EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".jsonl.gz": "jsonl", ".json.gz": "jsonl"}
+# Settings that change what is written: a resumed run must use the same ones.
+_OUTPUT_SETTINGS = ("model", "input", "format", "output_format", "text_column", "tokens_column", "id_column", "max_length", "stride")
+
+
+def _help(text: str, **extra: Any) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass
+class TagConfig:
+    """Every setting of ``jobs.tag`` and its default."""
+
+    model: str | None = field(default=None, metadata=_help("trained model directory (local or s3://), or 'minilm' for an untrained smoke test"))
+    input: str | None = field(default=None, metadata=_help("input file, folder or glob; local or s3://"))
+    output: str | None = field(default=None, metadata=_help("output folder; local or s3://"))
+    format: str | None = field(default=None, metadata=_help("input format: parquet | jsonl (default: from the file extensions)"))
+    output_format: str = field(default="parquet", metadata=_help("parquet | jsonl"))
+    text_column: str = field(default="text", metadata=_help("column with raw text (split into words with character offsets)"))
+    tokens_column: str | None = field(default=None, metadata=_help("column with pre-split words (list of strings); replaces --text-column"))
+    id_column: str | None = field(default=None, metadata=_help("column identifying a row; copied into error records"))
+    batch_size: int = field(default=256, metadata=_help("rows per actor call"))
+    window_batch_size: int = field(default=64, metadata=_help("windows per forward pass"))
+    actors: str = field(default="1", metadata=_help("actor pool size: N, or MIN-MAX to autoscale"))
+    cpus_per_actor: float = field(default=1.0, metadata=_help("CPUs reserved per actor (fractional allowed; keep some free for reading)"))
+    gpus_per_actor: float = field(default=0.0, metadata=_help("GPUs per actor; fractional to share a GPU between actors"))
+    cpus_per_task: float = field(default=0.25, metadata=_help("CPUs per read/preprocess/write task; differs from --cpus-per-actor so preprocessing is not fused into the actors"))
+    torch_threads: int | None = field(default=None, metadata=_help("torch threads per actor (default: its CPUs, at least 1)"))
+    max_length: int = field(default=256, metadata=_help("subword window length (at most the model's maximum)"))
+    stride: int = field(default=64, metadata=_help("subword overlap between windows of long documents"))
+    rows_per_block: int = field(default=1024, metadata=_help("rows per read block (memory per block in flight)"))
+    rows_per_file: int = field(default=10_000, metadata=_help("rows gathered per output file (fewer when a source file ends)"))
+    mixed_precision: str = field(default="auto", metadata=_help("auto (bf16 on GPU) | bf16 | fp16 | none"))
+    read_tasks: int | None = field(default=None, metadata=_help("parallel read tasks (default: Ray Data decides; 1 reads files in order)"))
+    commit_every_s: float = field(default=5.0, metadata=_help("how often finished input files are committed while the job runs"))
+    overwrite: bool = field(default=False, metadata=_help("delete an existing output folder's contents first"))
+
+    def __post_init__(self):
+        if self.format is not None and self.format not in FORMATS:
+            raise ValueError(f"--format must be one of {FORMATS}, got {self.format!r}")
+        if self.output_format not in FORMATS:
+            raise ValueError(f"--output-format must be one of {FORMATS}, got {self.output_format!r}")
+        if self.mixed_precision not in ("auto", "bf16", "fp16", "none"):
+            raise ValueError(f"--mixed-precision must be auto, bf16, fp16 or none, got {self.mixed_precision!r}")
+        for name in ("batch_size", "window_batch_size", "max_length", "rows_per_block", "rows_per_file"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.stride < 0:
+            raise ValueError("--stride must be >= 0")
+        if self.cpus_per_actor < 0 or self.gpus_per_actor < 0:
+            raise ValueError("--cpus-per-actor and --gpus-per-actor must be >= 0")
+        self.actor_range()
+
+    def actor_range(self) -> tuple[int, int]:
+        """``"2"`` -> (2, 2); ``"1-4"`` -> (1, 4)."""
+        text = str(self.actors).replace(",", "-")
+        try:
+            parts = [int(p) for p in text.split("-")]
+        except ValueError:
+            raise ValueError(f"--actors must be N or MIN-MAX, got {self.actors!r}") from None
+        lo, hi = (parts[0], parts[0]) if len(parts) == 1 else tuple(parts)
+        if len(parts) > 2 or lo < 1 or hi < lo:
+            raise ValueError(f"--actors must be N or MIN-MAX with 1 <= MIN <= MAX, got {self.actors!r}")
+        return lo, hi
+
+
+def infer_format(paths: list[str]) -> str:
+    formats = set()
+    for p in paths:
+        name = p.lower()
+        ext = next((e for e in sorted(_EXTENSIONS, key=len, reverse=True) if name.endswith(e)), None)
+        if ext is None:
+            raise ValueError(f"cannot tell the format of {p}; pass --format parquet|jsonl")
+        formats.add(_EXTENSIONS[ext])
+    if len(formats) > 1:
+        raise ValueError(f"input mixes formats {sorted(formats)}; tag them in separate runs or pass --format")
+    return formats.pop()
+
+
+# --- models on the workers ----------------------------------------------------
+
+
+@lru_cache(maxsize=4)
+def local_model_dir(model: str) -> str:
+    """A local directory for ``model``: s3:// models are copied once per node into a cache."""
+    from ner_core.tagger import resolve_model_path
+    from pipelines.storage import fsspec_filesystem, is_s3, strip_scheme
+
+    if not is_s3(model):
+        return resolve_model_path(model)
+    import hashlib
+    import shutil
+    import tempfile
+
+    cache = os.path.join(os.path.expanduser("~/.cache/ray-ner/models"), hashlib.sha1(model.encode()).hexdigest()[:16])
+    if not os.path.isdir(cache):
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=os.path.dirname(cache))
+        fsspec_filesystem(model).get(strip_scheme(model).rstrip("/") + "/", tmp + "/", recursive=True)
+        try:
+            os.rename(tmp, cache)
+        except OSError:  # another process on this node finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return cache
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(model: str):
+    from ner_core.tagger import load_tokenizer
+
+    return load_tokenizer(local_model_dir(model))
+
+
+# --- stage 2: preprocessing (Ray Data tasks) ------------------------------------
+
+
+def _raw_row(table: pa.Table, i: int) -> str:
+    row = {k: v for k, v in table.slice(i, 1).to_pylist()[0].items() if not k.startswith(INTERNAL_PREFIX)}
+    return json.dumps(row, ensure_ascii=False, default=str)
+
+
+def preprocess(batch: pa.Table, *, model: str, text_column: str, tokens_column: str | None, max_length: int, stride: int) -> pa.Table:
+    """Rows -> words (+ character offsets) -> subword windows, as extra columns."""
+    column = tokens_column or text_column
+    errors = batch.column(ERROR).to_pylist()
+    raws = batch.column(RAW).to_pylist()
+    clashes = [c for c in OUTPUT_COLUMNS if c in batch.column_names and c != tokens_column]
+    values = batch.column(column).to_pylist() if column in batch.column_names else None
+    present = [c for c in batch.column_names if not c.startswith(INTERNAL_PREFIX)]
+    docs: list[Document | None] = []
+    for i in range(batch.num_rows):
+        doc = None
+        if errors[i] is None:
+            try:
+                if clashes:
+                    raise BadRow(f"input column {clashes[0]!r} clashes with an output column of the same name")
+                row = {column: values[i]} if values is not None else dict.fromkeys(present)
+                doc = document_from_tokens(row, column) if tokens_column else document_from_text(row, column)
+            except BadRow as exc:
+                errors[i], raws[i] = str(exc), _raw_row(batch, i)
+        docs.append(doc)
+    good = [i for i, d in enumerate(docs) if d is not None]
+    windows: list[list[Window]] = [[] for _ in docs]
+    if good:
+        encoded = encode_batch(_tokenizer(model), [docs[i].words for i in good], max_length=max_length, stride=stride)
+        for i, wins in zip(good, encoded):
+            windows[i] = wins
+    tokens = [d.words if d is not None else None for d in docs]
+    starts = [[w.start for w in d.offsets] if d is not None and d.offsets is not None else None for d in docs]
+    ends = [[w.end for w in d.offsets] if d is not None and d.offsets is not None else None for d in docs]
+    texts = [d.text if d is not None else None for d in docs]
+    out = batch.drop_columns([c for c in ("tokens", ERROR, RAW) if c in batch.column_names])
+    return (
+        out.append_column("tokens", pa.array(tokens, pa.list_(pa.string())))
+        .append_column(ERROR, pa.array(errors, pa.string()))
+        .append_column(RAW, pa.array(raws, pa.string()))
+        .append_column("__text", pa.array(texts, pa.string()))
+        .append_column("__starts", pa.array(starts, pa.list_(pa.int32())))
+        .append_column("__ends", pa.array(ends, pa.list_(pa.int32())))
+        .append_column("__win_ids", pa.array([[w.input_ids for w in ws] for ws in windows], pa.list_(pa.list_(pa.int32()))))
+        .append_column("__win_words", pa.array([[[-1 if x is None else x for x in w.word_ids] for w in ws] for ws in windows], pa.list_(pa.list_(pa.int32()))))
+        .append_column("__win_span", pa.array([[[w.first_word, w.end_word] for w in ws] for ws in windows], pa.list_(pa.list_(pa.int32()))))
+    )
+
+
+# --- stage 3: inference (actor pool) ----------------------------------------------
+
+
+class TagActor:
+    """Holds one model; tags the windows of a batch of rows in length-sorted forward passes."""
+
+    def __init__(self, model: str, window_batch_size: int, max_length: int, stride: int, use_gpu: bool, torch_threads: int, mixed_precision: str):
+        import torch
+
+        from ner_core.inference import InferenceSettings, WordTagger
+        from ner_core.tagger import load_tagger
+
+        torch.set_num_threads(max(1, torch_threads))
+        path = local_model_dir(model)
+        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        dtype = None
+        if device == "cuda" and mixed_precision != "none":
+            dtype = torch.float16 if mixed_precision == "fp16" else torch.bfloat16
+        settings = InferenceSettings(max_length=max_length, stride=stride, batch_size=window_batch_size)
+        self.tagger = WordTagger(load_tagger(path), _tokenizer(model), settings, device=device, autocast_dtype=dtype)
+
+    def _windows(self, ids, words, spans) -> list[Window]:
+        return [
+            Window(list(i), [1] * len(i), [None if x < 0 else x for x in w], None, s[0], s[1])
+            for i, w, s in zip(ids, words, spans)
+        ]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from ner_core.labels import repair
+
+        errors = batch.column(ERROR).to_pylist()
+        raws = batch.column(RAW).to_pylist()
+        tokens = batch.column("tokens").to_pylist()
+        good = [i for i, e in enumerate(errors) if e is None]
+        cols = {c: batch.column(c).to_pylist() for c in ("__win_ids", "__win_words", "__win_span")}
+        per_doc = {i: self._windows(cols["__win_ids"][i], cols["__win_words"][i], cols["__win_span"][i]) for i in good}
+        ids: dict[int, list[int]] = {}
+        try:
+            ids.update(zip(good, self.tagger.predict_windows([per_doc[i] for i in good], [len(tokens[i]) for i in good])))
+        except Exception:  # noqa: BLE001 - find the row that breaks the batch; the others still get tagged
+            for i in good:
+                try:
+                    ids[i] = self.tagger.predict_windows([per_doc[i]], [len(tokens[i])])[0]
+                except Exception as exc:  # noqa: BLE001
+                    errors[i], raws[i] = f"tagging failed: {type(exc).__name__}: {exc}", _raw_row(batch, i)
+        texts = batch.column("__text").to_pylist()
+        starts, ends = batch.column("__starts").to_pylist(), batch.column("__ends").to_pylist()
+        labels: list[list[str] | None] = [None] * batch.num_rows
+        entities: list[list[dict] | None] = [None] * batch.num_rows
+        subwords = [0] * batch.num_rows
+        for i, label_ids in ids.items():
+            if errors[i] is not None:
+                continue
+            labels[i] = repair(self.tagger.labels.decode(label_ids), "IOB2")
+            offsets = None
+            if texts[i] is not None:
+                from ner_core.text import Word
+
+                offsets = [Word(t, s, e) for t, s, e in zip(tokens[i], starts[i], ends[i])]
+            entities[i] = Document(tokens[i], texts[i], offsets).entities(extract_spans(labels[i]))
+            subwords[i] = sum(len(w) for w in cols["__win_ids"][i])
+        out = batch.drop_columns([c for c in batch.column_names if c.startswith(("__win_", "__starts", "__ends", "__text")) or c in (ERROR, RAW)])
+        return (
+            out.append_column("labels", pa.array(labels, pa.list_(pa.string())))
+            .append_column("entities", pa.array(entities, pa.list_(ENTITY_TYPE)))
+            .append_column(ERROR, pa.array(errors, pa.string()))
+            .append_column(RAW, pa.array(raws, pa.string()))
+            .append_column("__subwords", pa.array(subwords, pa.int64()))
+        )
+
+
+# --- stage 4: output --------------------------------------------------------------
+
+
+class TaggedOutputSink(Datasink):
+    """Ray Data datasink: each block's rows -> one tagged piece and one error piece per source file."""
+
+    def __init__(self, output: str, output_format: str, sources: dict[str, str], id_column: str | None, rows_per_file: int = 10_000):
+        self.output = output
+        self.rows_per_file = rows_per_file
+        self.output_format = output_format
+        self.sources = sources
+        self.id_column = id_column
+        self.totals: dict[str, int] = {}
+
+    def get_name(self) -> str:
+        return "TaggedOutput"
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_file
+
+    def write(self, blocks, ctx) -> dict[str, int]:
+        store = OutputStore(self.output)
+        stats = {"rows_written": 0, "rows_failed": 0, "words": 0, "subwords": 0}
+        tables = [b for b in blocks if b.num_rows]
+        if not tables:
+            return stats
+        # JSONL blocks may disagree on a column's type (null in one, string in another)
+        block = pa.concat_tables(tables, promote_options="permissive")
+        for key in pc.unique(block.column(SRC)).to_pylist():
+            part = block.filter(pc.equal(block.column(SRC), key))
+            failed_mask = pc.is_valid(part.column(ERROR))
+            self._write_ok(store, key, part.filter(pc.invert(failed_mask)), stats)
+            self._write_errors(store, key, part.filter(failed_mask), stats)
+        return stats
+
+    def _write_ok(self, store: OutputStore, key: str, rows: pa.Table, stats: dict) -> None:
+        if rows.num_rows == 0:
+            return
+        first = pc.min(rows.column(ROW)).as_py()
+        stats["rows_written"] += rows.num_rows
+        stats["words"] += pc.sum(pc.list_value_length(rows.column("tokens"))).as_py() or 0
+        stats["subwords"] += pc.sum(rows.column("__subwords")).as_py() or 0
+        table = rows.sort_by(ROW).drop_columns([c for c in rows.column_names if c.startswith(INTERNAL_PREFIX)])
+        if self.output_format == "parquet":
+            data = parquet_bytes(table)
+        else:
+            data = jsonl_bytes(table.to_pylist())
+        store.write_piece(key, Piece("ok", first, rows.num_rows, self.output_format), data)
+
+    def _write_errors(self, store: OutputStore, key: str, rows: pa.Table, stats: dict) -> None:
+        if rows.num_rows == 0:
+            return
+        rows = rows.sort_by(ROW)
+        ids = rows.column(self.id_column).to_pylist() if self.id_column and self.id_column in rows.column_names else None
+        records = []
+        for j, (row, reason, raw) in enumerate(zip(rows.column(ROW).to_pylist(), rows.column(ERROR).to_pylist(), rows.column(RAW).to_pylist())):
+            record = {"source": self.sources.get(key, key), "row": row, "reason": reason, "raw": raw}
+            if ids is not None:
+                record["id"] = ids[j]
+            records.append(record)
+        stats["rows_failed"] += len(records)
+        store.write_piece(key, Piece("err", records[0]["row"], len(records), "jsonl"), jsonl_bytes(records))
+
+    def on_write_complete(self, write_result) -> None:
+        for stats in write_result.write_returns:
+            for k, v in (stats or {}).items():
+                self.totals[k] = self.totals.get(k, 0) + v
+
+
+# --- the driver ---------------------------------------------------------------------
+
+
+class TagRunError(ValueError):
+    """The job cannot run (bad settings, unreadable model or input); reported as one line."""
+
+
+def _check_model(model: str) -> dict:
+    """Fail fast, on the driver, when the model cannot be loaded (before any cluster work)."""
+    from transformers import AutoConfig
+
+    try:
+        path = local_model_dir(model)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        _tokenizer(model)
+    except Exception as exc:  # noqa: BLE001 - any loading failure means the same thing to the user
+        raise TagRunError(f"cannot load model {model!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    limits = [getattr(c, "max_position_embeddings", None) for c in (config, getattr(config, "encoder", None), getattr(config, "decoder", None))]
+    limits = [n for n in limits if isinstance(n, int) and n > 0]
+    return {
+        "model_type": config.model_type,
+        "labels": [config.id2label[i] for i in sorted(config.id2label)],
+        "max_positions": min(limits) if limits else None,
+    }
+
+
+def _check_job_settings(store: OutputStore, cfg: TagConfig, settings: dict) -> None:
+    previous = store.read_json(store.path("_job.json"))
+    if previous is None:
+        store.write_json(store.path("_job.json"), settings)
+        return
+    changed = [k for k in _OUTPUT_SETTINGS if previous.get(k) != settings.get(k)]
+    if changed:
+        k = changed[0]
+        raise TagRunError(
+            f"{cfg.output} holds output made with {k}={previous.get(k)!r} (now {settings.get(k)!r}); "
+            "use a new --output, or --overwrite to replace it"
+        )
+
+
+def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
+    """Tag every input file not yet committed in ``cfg.output``; returns the manifest."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    if not cfg.model or not cfg.input or not cfg.output:
+        raise TagRunError("--model, --input and --output are required")
+    started = time.time()
+    model_info = _check_model(cfg.model)
+    paths = expand_inputs(cfg.input, tuple(_EXTENSIONS))
+    fmt = cfg.format or infer_format(paths)
+    store = OutputStore(cfg.output)
+    if cfg.overwrite:
+        for name in store.listdir(store.path()):
+            store.remove(store.path(name))
+    settings = {k: v for k, v in asdict(cfg).items() if k != "overwrite"}
+    settings["format"] = fmt
+    _check_job_settings(store, cfg, settings)
+
+    keys = {source_key(p): p for p in paths}
+    store.commit_ready()  # a previous run may have finished files it did not get to commit
+    done = store.done_keys()
+    pending = [(p, k) for k, p in keys.items() if k not in done]
+    store.discard_unfinished({k for _, k in pending})
+    log.info("%d input files, %d already done, %d to tag", len(paths), len(paths) - len(pending), len(pending))
+
+    sink = TaggedOutputSink(cfg.output, cfg.output_format, keys, cfg.id_column, cfg.rows_per_file)
+    if pending:
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = progress
+        lo, hi = cfg.actor_range()
+        threads = cfg.torch_threads or max(1, int(cfg.cpus_per_actor))
+        use_gpu = cfg.gpus_per_actor > 0
+        max_length = cfg.max_length
+        if model_info["max_positions"] and max_length > model_info["max_positions"]:
+            log.warning("--max-length %d is beyond the model's %d positions; using %d", max_length, model_info["max_positions"], model_info["max_positions"])
+            max_length = model_info["max_positions"]
+        read_kwargs = {"override_num_blocks": cfg.read_tasks} if cfg.read_tasks else {}
+        task_args = {"num_cpus": cfg.cpus_per_task}
+        ds = ray.data.read_datasource(TaggingInput(pending, fmt, cfg.output, cfg.rows_per_block, cfg.tokens_column or cfg.text_column, bool(cfg.tokens_column)), ray_remote_args=task_args, **read_kwargs)
+        ds = ds.map_batches(
+            preprocess,
+            batch_format="pyarrow",
+            batch_size=None,
+            fn_kwargs={"model": cfg.model, "text_column": cfg.text_column, "tokens_column": cfg.tokens_column, "max_length": max_length, "stride": cfg.stride},
+            **task_args,
+        )
+        ds = ds.map_batches(
+            TagActor,
+            batch_format="pyarrow",
+            batch_size=cfg.batch_size,
+            fn_constructor_kwargs={
+                "model": cfg.model,
+                "window_batch_size": cfg.window_batch_size,
+                "max_length": max_length,
+                "stride": cfg.stride,
+                "use_gpu": use_gpu,
+                "torch_threads": threads,
+                "mixed_precision": cfg.mixed_precision,
+            },
+            compute=ActorPoolStrategy(min_size=lo, max_size=hi),
+            num_cpus=cfg.cpus_per_actor,
+            num_gpus=cfg.gpus_per_actor,
+        )
+        stop = threading.Event()
+        committer = threading.Thread(target=_commit_loop, args=(store, stop, cfg.commit_every_s), daemon=True)
+        committer.start()
+        try:
+            ds.write_datasink(sink, ray_remote_args=task_args)
+        finally:
+            stop.set()
+            committer.join()
+        store.commit_ready()
+    for key in store.done_keys() & set(store.listdir(store.path("_staging"))):
+        store.remove(store.staging(key))  # a write retried after its file was committed
+    totals = store.totals()
+    uncommitted = sorted(set(keys) - store.done_keys())
+    if uncommitted:
+        raise TagRunError(f"{len(uncommitted)} input files did not complete (first: {keys[uncommitted[0]]}); run the job again to finish them")
+    elapsed = time.time() - started
+    run_stats = dict(sink.totals)
+    words = run_stats.get("words", 0)
+    manifest = {
+        **{k: totals[k] for k in ("rows_read", "rows_written", "rows_failed")},
+        "files": totals["files"],
+        "model": cfg.model,
+        "model_labels": model_info["labels"],
+        "settings": settings,
+        "this_run": {**run_stats, "files_tagged": len(pending), "seconds": round(elapsed, 2), "words_per_s": round(words / elapsed, 1) if elapsed else None},
+    }
+    store.write_json(store.path("_manifest.json"), manifest)
+    return manifest
+
+
+def _commit_loop(store: OutputStore, stop: threading.Event, every_s: float) -> None:
+    """Commit finished source files while the job runs, so a kill loses only files in flight."""
+    # Test hook: SIGKILL this driver once N files are committed, to test resume against a real kill.
+    kill_after = int(os.environ.get("RAY_NER_TEST_KILL_AFTER_COMMITS", "0"))
+    committed = 0
+    while not stop.wait(every_s):
+        try:
+            committed += len(store.commit_ready())
+        except Exception as exc:  # noqa: BLE001 - a failed listing is retried next round and at the end
+            log.warning("commit pass failed (will retry): %s", exc)
+        if kill_after and committed >= kill_after:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def summary_line(manifest: dict, output: str) -> str:
+    run = manifest["this_run"]
+    rate = f"{run['words_per_s']:,.0f} words/s" if run.get("words_per_s") else "nothing new to tag"
+    return (
+        f"tagged {manifest['rows_written']:,} rows, {manifest['rows_failed']:,} errors (of {manifest['rows_read']:,} read, "
+        f"{manifest['files']} files); this run: {run.get('words', 0):,} words in {run['seconds']:.1f}s, {rate} -> {output}"
+    )

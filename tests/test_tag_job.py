@@ -1,0 +1,208 @@
+"""jobs.tag on the local Ray cluster: raw text and pre-split words, Parquet and JSONL, local and S3.
+
+Every test reconciles rows (read == written + failed), checks that labels
+line up with tokens and form valid IOB2, that entity offsets slice back to
+the entity text, and that the labels equal ``WordTagger`` run in-process on
+the same words (so windows over long documents are merged correctly).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import tag as tag_job
+from ner_core.inference import InferenceSettings, WordTagger
+from ner_core.labels import is_valid
+from ner_core.sample_data import make_sentences, make_texts
+from ner_core.tagger import load_tagger, load_tokenizer
+from ner_core.text import split_words
+
+SMALL = ["--actors", "1", "--cpus-per-actor", "0.5", "--batch-size", "16", "--max-length", "24", "--stride", "6", "--rows-per-block", "40"]
+LONG_TEXT = " ".join(f"Alice{i} visited Paris with Bob." for i in range(60))  # ~300 words, far beyond 24 subwords
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_tagger):
+    """What the job's labels must equal: the same tagger and windows, run in this process."""
+    tagger = WordTagger(load_tagger(tiny_tagger), load_tokenizer(tiny_tagger), InferenceSettings(max_length=24, stride=6, batch_size=16))
+    return lambda words: tagger.predict([words])[0]
+
+
+def _read_output(out, fmt="parquet") -> list[dict]:
+    if str(out).startswith("s3://"):
+        from pipelines.storage import arrow_filesystem, strip_scheme
+
+        dataset = pads.dataset(strip_scheme(str(out)), format=fmt if fmt == "parquet" else "json", filesystem=arrow_filesystem(str(out)))
+    elif fmt == "parquet":
+        dataset = pads.dataset(str(out), format="parquet")
+    else:
+        return [json.loads(line) for p in sorted(out.glob("*.jsonl")) for line in p.read_text().splitlines()]
+    return dataset.to_table().to_pylist()
+
+
+def _check_rows(rows: list[dict], reference, text_column: str | None = "text") -> None:
+    for row in rows:
+        assert len(row["labels"]) == len(row["tokens"]) and is_valid(row["labels"], "IOB2")
+        assert row["labels"] == reference(row["tokens"])
+        for ent in row["entities"]:
+            if text_column:
+                assert row[text_column][ent["start"] : ent["end"]] == ent["text"]
+            else:
+                assert " ".join(row["tokens"][ent["start"] : ent["end"]]) == ent["text"]
+        if text_column:
+            assert row["tokens"] == [w.text for w in split_words(row[text_column])]
+
+
+def _write_jsonl(path, lines: list[str | bytes]) -> None:
+    with open(path, "wb") as fh:
+        for line in lines:
+            fh.write((line if isinstance(line, bytes) else line.encode()) + b"\n")
+
+
+def test_raw_text_jsonl_tags_every_row_and_reports_bad_ones(ray_cluster, tiny_tagger, reference, tmp_path):
+    texts = make_texts(60, seed=4) + [LONG_TEXT, "", "Café Zürich ☕ 東京 e\u0301te\u0301 zero\u200bwidth 👩‍👩‍👧"]
+    good = [json.dumps({"id": i, "text": t, "meta": {"n": i}}, ensure_ascii=False) for i, t in enumerate(texts)]
+    bad = [
+        '{"id": 100, "text": "unterminated',  # malformed JSON
+        '{"id": 101, "text": null}',
+        '{"id": 102, "text": 42}',
+        '{"id": 103, "body": "no text column"}',
+        '["not", "an", "object"]',
+        b'{"id": 105, "text": "bad \xff byte"}',
+    ]
+    src = tmp_path / "in"
+    src.mkdir()
+    _write_jsonl(src / "a.jsonl", good[:30] + bad[:3])
+    _write_jsonl(src / "b.jsonl", good[30:] + [""] + bad[3:])  # a blank line is not a row
+    out = tmp_path / "out"
+
+    assert tag_job.main(["--model", tiny_tagger, "--input", str(src), "--output", str(out), "--id-column", "id", *SMALL]) == 0
+
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["rows_read"] == len(good) + len(bad) == manifest["rows_written"] + manifest["rows_failed"]
+    assert manifest["rows_failed"] == len(bad) and manifest["settings"]["format"] == "jsonl"
+    rows = _read_output(out)
+    assert sorted(r["id"] for r in rows) == list(range(len(texts)))
+    by_id = {r["id"]: r for r in rows}
+    assert by_id[5]["meta"] == {"n": 5} and by_id[5]["text"] == texts[5]  # input columns carried unchanged
+    assert len(by_id[60]["tokens"]) == len(split_words(LONG_TEXT)) > 250  # the long document keeps every word
+    assert by_id[61]["tokens"] == [] and by_id[61]["labels"] == []
+    _check_rows(rows, reference)
+
+    errors = [json.loads(line) for p in sorted((out / "_errors").glob("*.jsonl")) for line in p.read_text().splitlines()]
+    reasons = {(os.path.basename(e["source"]), e["row"]): e["reason"] for e in errors}
+    assert set(reasons) == {("a.jsonl", 30), ("a.jsonl", 31), ("a.jsonl", 32), ("b.jsonl", 34), ("b.jsonl", 35), ("b.jsonl", 36)}
+    assert reasons[("a.jsonl", 30)].startswith("malformed JSON")
+    assert reasons[("a.jsonl", 31)] == "'text' is null"
+    assert reasons[("a.jsonl", 32)] == "'text' is int, expected a string"
+    assert reasons[("b.jsonl", 34)].startswith("no column 'text'")
+    assert reasons[("b.jsonl", 35)] == "a JSON list, expected an object"
+    assert reasons[("b.jsonl", 36)].startswith("not valid UTF-8")
+    raw = {e["row"]: e["raw"] for e in errors if e["source"].endswith("a.jsonl")}
+    assert raw[30] == bad[0] and json.loads(raw[31]) == {"id": 101, "text": None}
+    assert not list(out.glob("_staging/*"))  # everything committed
+
+
+def test_pre_split_parquet_to_jsonl_gives_token_offsets(ray_cluster, tiny_tagger, reference, tmp_path):
+    sentences = make_sentences(50, seed=9)
+    tokens = [words for words, _ in sentences] + [LONG_TEXT.split(), None, ["ok", None]]
+    table = pa.table({"doc": [f"d{i}" for i in range(len(tokens))], "tokens": tokens, "score": [float(i) for i in range(len(tokens))]})
+    pq.write_table(table, tmp_path / "words.parquet", row_group_size=16)
+    out = tmp_path / "out"
+
+    argv = ["--model", tiny_tagger, "--input", str(tmp_path / "words.parquet"), "--output", str(out), "--tokens-column", "tokens", "--output-format", "jsonl", *SMALL]
+    assert tag_job.main(argv) == 0
+
+    rows = _read_output(out, "jsonl")
+    assert len(rows) == len(tokens) - 2
+    assert {r["doc"]: r["tokens"] for r in rows} == {f"d{i}": t for i, t in enumerate(tokens) if t is not None and None not in t}
+    _check_rows(rows, reference, text_column=None)
+    errors = [json.loads(line) for p in (out / "_errors").glob("*.jsonl") for line in p.read_text().splitlines()]
+    assert sorted((e["row"], e["reason"]) for e in errors) == [(51, "'tokens' is null"), (52, "'tokens'[1] is NoneType, expected a string")]
+
+
+def test_s3_in_s3_out(ray_cluster, tiny_tagger, reference, s3_bucket, tmp_path):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": os.environ["AWS_ENDPOINT_URL"]})
+    texts = make_texts(40, seed=5)
+    for part in range(2):
+        with fs.open(f"{s3_bucket[5:]}/corpus/part-{part}.jsonl", "wb") as fh:
+            fh.write("".join(json.dumps({"text": t}) + "\n" for t in texts[part * 20 : (part + 1) * 20]).encode())
+
+    out = f"{s3_bucket}/tagged"
+    assert tag_job.main(["--model", tiny_tagger, "--input", f"{s3_bucket}/corpus/*.jsonl", "--output", out, *SMALL]) == 0
+
+    manifest = json.loads(fs.cat(f"{s3_bucket[5:]}/tagged/_manifest.json"))
+    assert manifest["rows_read"] == manifest["rows_written"] == 40 and manifest["rows_failed"] == 0
+    rows = _read_output(out)
+    assert sorted(r["text"] for r in rows) == sorted(texts)
+    _check_rows(rows, reference)
+
+
+def test_killed_run_resumes_to_the_same_output(ray_cluster, tiny_tagger, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    texts = make_texts(750, seed=6)
+    for part in range(5):
+        _write_jsonl(src / f"part-{part}.jsonl", [json.dumps({"n": part * 150 + i, "text": t}) for i, t in enumerate(texts[part * 150 : (part + 1) * 150])])
+    args = ["--model", tiny_tagger, "--input", str(src), *SMALL, "--rows-per-block", "10", "--rows-per-file", "30", "--commit-every-s", "0.2"]
+
+    whole = tmp_path / "whole"
+    assert tag_job.main([*args, "--output", str(whole)]) == 0
+
+    resumed = tmp_path / "resumed"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "RAY_NER_TEST_KILL_AFTER_COMMITS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "jobs.tag", *args, "--output", str(resumed)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]  # SIGKILLed part-way
+    done_at_kill = len(list((resumed / "_done").glob("*.json")))
+    assert 1 <= done_at_kill < 5 and not (resumed / "_manifest.json").exists()
+
+    assert tag_job.main([*args, "--output", str(resumed)]) == 0
+
+    manifest = json.loads((resumed / "_manifest.json").read_text())
+    assert manifest["rows_read"] == manifest["rows_written"] == 750
+    assert manifest["this_run"]["files_tagged"] <= 5 - done_at_kill  # finished files were not redone
+    key = lambda r: r["n"]  # noqa: E731
+    assert sorted(_read_output(resumed), key=key) == sorted(_read_output(whole), key=key)  # no duplicates, none missing
+    assert not [p for p in resumed.rglob("*") if p.name.startswith(".tmp-")]
+
+
+def test_changed_settings_refuse_to_mix_into_existing_output(ray_cluster, tiny_tagger, tmp_path, capsys):
+    (tmp_path / "in.jsonl").write_text(json.dumps({"text": "Alice met Bob in Paris."}) + "\n")
+    base = ["--model", tiny_tagger, "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out"), *SMALL]
+    assert tag_job.main(base) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        tag_job.run_main(tag_job.main, [*base, "--stride", "4"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err  # (Ray's worker logs of the first run may precede it)
+    assert "made with stride=6 (now 4)" in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--input", "nowhere/*.jsonl"], "no input files at nowhere/*.jsonl"),
+        (["--model", "/no/such/model"], "cannot load model '/no/such/model'"),
+        (["--actors", "3-1"], "--actors must be N or MIN-MAX"),
+    ],
+)
+def test_unrunnable_jobs_exit_2_with_one_line(ray_cluster, tiny_tagger, tmp_path, capsys, argv, message):
+    (tmp_path / "in.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
+    base = {"--model": tiny_tagger, "--input": str(tmp_path / "in.jsonl"), "--output": str(tmp_path / "out")}
+    flags = dict(zip(argv[::2], argv[1::2]))
+    merged = [x for k, v in {**base, **flags}.items() for x in (k, v)]
+    with pytest.raises(SystemExit) as exit_info:
+        tag_job.run_main(tag_job.main, merged)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("error: ") and message in err.strip().splitlines()[-1], err
+    assert "Traceback" not in err
