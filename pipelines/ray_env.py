@@ -29,6 +29,9 @@ _FORWARDED_ENV = (
 )
 
 
+_JOB_RUNTIME_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by the Ray Jobs supervisor for entrypoints
+
+
 def init_ray(num_cpus: float | None = None, quiet: bool = True) -> None:
     """Join ``RAY_ADDRESS`` or start a local cluster; a no-op if Ray is up already."""
     if ray.is_initialized():
@@ -36,7 +39,11 @@ def init_ray(num_cpus: float | None = None, quiet: bool = True) -> None:
     env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
     env_vars.setdefault("TOKENIZERS_PARALLELISM", "false")
     address = os.environ.get("RAY_ADDRESS")
-    kwargs: dict = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": True}
+    kwargs: dict = {"log_to_driver": True}
+    # Under `ray job submit` the job's runtime env (working_dir, env_vars) already
+    # applies to every worker, and Ray refuses a driver runtime env that overlaps it.
+    if _JOB_RUNTIME_ENV not in os.environ:
+        kwargs["runtime_env"] = {"env_vars": env_vars}
     if quiet:
         kwargs["logging_level"] = logging.WARNING
     if address:

@@ -120,15 +120,78 @@ def s3_bucket(s3_server):
     return f"s3://{name}"
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
-def ray_cluster(s3_server):
-    """One local Ray cluster for the whole run (starting one costs ~10 s on 2 cores)."""
+def ray_head(s3_server):
+    """A real Ray head started the way a user starts one (``ray start --head``), with the
+    dashboard and job server, on 127.0.0.1, for the whole run; stopped at the end.
+
+    Started after the S3 server so its workers inherit the endpoint and the
+    throwaway credentials from the environment, as they would inherit real ones.
+    Yields ``{"address": GCS address, "dashboard": job server URL}``.
+    """
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import uuid
+
+    import psutil
+
+    # Ray's default for a new cluster: token authentication. The head creates the token
+    # (~/.ray/auth_token) if missing; this process, its subprocesses and the job
+    # server client find it there once the mode is set.
+    os.environ["RAY_AUTH_MODE"] = "token"
+    bin_dir = os.path.dirname(sys.executable)
+    temp_dir = os.path.join(tempfile.gettempdir(), f"rt-{uuid.uuid4().hex[:6]}")  # short: socket paths
+    port, dashboard = _free_port(), _free_port()
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    subprocess.run(
+        [
+            os.path.join(bin_dir, "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+            # free ports, so another Ray on the machine (its agent holds 52365) cannot collide
+            f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+            "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+        ],
+        env=env, check=True, capture_output=True, timeout=180,
+    )  # fmt: skip
+    try:
+        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}"}
+    finally:
+        # `ray stop` would stop every Ray on the machine; stop only this head's processes.
+        procs = []
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if any(temp_dir in part for part in proc.info["cmdline"] or []):
+                    procs.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        for proc in procs:
+            proc.terminate()
+        _, alive = psutil.wait_procs(procs, timeout=15)
+        for proc in alive:
+            proc.kill()
+        if not os.environ.get("RAY_NER_KEEP_TEST_LOGS"):
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_head, s3_server):
+    """This test process connected, as a driver, to the session's Ray head."""
     import ray
 
     if not ray.is_initialized():
         ray.init(
-            num_cpus=2,
-            include_dashboard=False,
+            address=ray_head["address"],
             log_to_driver=True,
             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "AWS_ENDPOINT_URL": s3_server}},
         )
