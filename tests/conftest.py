@@ -11,6 +11,17 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A single-node Ray on loopback. Without this, Ray turns "127.0.0.1" in an address into
+# the machine's outward IP (services.resolve_ip_for_localhost), which on a sandboxed CI
+# runner (e.g. 192.0.2.2) is not reachable, and connecting to the test head fails. Set
+# before Ray is imported: ray_constants reads it once. Inherited by the head, its workers
+# and every job subprocess.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Ray's default for a new cluster: token authentication. The head creates the token
+# (~/.ray/auth_token) if missing; this process, its subprocesses and the job server
+# client find it there. Set before Ray is imported: Ray's C++ config reads it once, and
+# a test that touches Ray internals first would otherwise fix it at "disabled".
+os.environ["RAY_AUTH_MODE"] = "token"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -145,10 +156,6 @@ def ray_head(s3_server):
 
     import psutil
 
-    # Ray's default for a new cluster: token authentication. The head creates the token
-    # (~/.ray/auth_token) if missing; this process, its subprocesses and the job
-    # server client find it there once the mode is set.
-    os.environ["RAY_AUTH_MODE"] = "token"
     bin_dir = os.path.dirname(sys.executable)
     temp_dir = os.path.join(tempfile.gettempdir(), f"rt-{uuid.uuid4().hex[:6]}")  # short: socket paths
     port, dashboard = _free_port(), _free_port()
