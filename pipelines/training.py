@@ -79,6 +79,7 @@ class TrainConfig:
     torch_threads: int = field(default=1, metadata=_help("torch intra-op threads per worker"))
     mixed_precision: str = field(default="auto", metadata=_help("auto (bf16/fp16 on GPU, none on CPU) | bf16 | fp16 | none"))
     seed: int = 42
+    log_every: int = field(default=50, metadata=_help("print progress every N batches on rank 0 (0: never)"))
     resume: bool = field(default=False, metadata=_help("continue the interrupted run in --output from its last checkpoint"))
     max_failures: int = field(default=2, metadata=_help("worker failures tolerated; each restarts from the last checkpoint"))
     checkpoints_to_keep: int = 2
@@ -249,6 +250,14 @@ def train_loop_per_worker(config: dict) -> None:
                     optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+            if rank == 0 and cfg.log_every and ((i + 1) % cfg.log_every == 0 or i + 1 == len(batches)):
+                # progress for overnight runs: shows in `ray job logs` and the driver's console
+                elapsed = time.perf_counter() - t0
+                print(
+                    f"epoch {epoch + 1}/{cfg.epochs} batch {i + 1}/{len(batches)} loss {loss_sum / (i + 1):.4f} "
+                    f"{tokens / elapsed:.0f} tokens/s (rank 0)",
+                    flush=True,
+                )
         train_time = time.perf_counter() - t0
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             count = torch.tensor([tokens], dtype=torch.float64, device=device)
