@@ -425,7 +425,7 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
             max_length = model_info["max_positions"]
         read_kwargs = {"override_num_blocks": cfg.read_tasks} if cfg.read_tasks else {}
         task_args = {"num_cpus": cfg.cpus_per_task}
-        ds = ray.data.read_datasource(TaggingInput(pending, fmt, cfg.output, cfg.rows_per_block, cfg.tokens_column or cfg.text_column, bool(cfg.tokens_column)), ray_remote_args=task_args, **read_kwargs)
+        ds = ray.data.read_datasource(TaggingInput(pending, fmt, cfg.output, cfg.rows_per_block, cfg.tokens_column or cfg.text_column, bool(cfg.tokens_column)), **task_args, **read_kwargs)
         ds = ds.map_batches(
             preprocess,
             batch_format="pyarrow",
