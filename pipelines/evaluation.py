@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ner_core.inference import InferenceSettings, WordTagger
 from ner_core.labels import SCHEMES
 from ner_core.metrics import evaluate_tags
+from ner_core.precision import autocast_dtype, check_mixed_precision
 from ner_core.tagger import load_tagger, load_tokenizer, resolve_model_path
 from pipelines.labelled_data import read_labelled
 
@@ -32,8 +33,10 @@ class EvaluateConfig:
     stride: int | None = None
     batch_size: int | None = None
     torch_threads: int | None = None
+    mixed_precision: str = field(default="auto", metadata={"help": "as for jobs.tag: auto (fp32 on CPU) | bf16 | none; score in the precision you tag in"})
 
     def __post_init__(self):
+        check_mixed_precision(self.mixed_precision)
         if self.scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
 
@@ -62,7 +65,8 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     settings = inference_settings_for(cfg.model, max_length=cfg.max_length, stride=cfg.stride, batch_size=cfg.batch_size)
     rows = read_labelled(cfg.data, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column).take_all()
     rows.sort(key=lambda r: (r["source"], r["line"]))
-    pred = WordTagger(model, tokenizer, settings).predict([list(r["tokens"]) for r in rows])
+    dtype = autocast_dtype(cfg.mixed_precision, next(model.parameters()).device.type)
+    pred = WordTagger(model, tokenizer, settings, autocast_dtype=dtype).predict([list(r["tokens"]) for r in rows])
     metrics = evaluate_tags([list(r["tags"]) for r in rows], pred, scheme="IOB2", mode="strict")
     metrics["model"], metrics["data"] = cfg.model, cfg.data
     if cfg.json:

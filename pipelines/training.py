@@ -38,6 +38,7 @@ from ner_core.inference import InferenceSettings, WordTagger
 from ner_core.labels import SCHEMES, LabelMap
 from ner_core.metrics import evaluate_tags
 from ner_core.model import is_token_classification_config
+from ner_core.precision import autocast_dtype, check_mixed_precision
 from ner_core.tagger import ARCHS, build_tagger, load_tokenizer, resolve_model_path, save_tagger
 from pipelines.labelled_data import collect_labels, encode_for_training, read_labelled
 
@@ -77,7 +78,7 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float = field(default=0.5, metadata=_help("CPUs reserved per worker; fractional so workers and Ray Data tasks fit together"))
     torch_threads: int = field(default=1, metadata=_help("torch intra-op threads per worker"))
-    mixed_precision: str = field(default="auto", metadata=_help("auto (bf16/fp16 on GPU, none on CPU) | bf16 | fp16 | none"))
+    mixed_precision: str = field(default="auto", metadata=_help("auto (bf16/fp16 on GPU, fp32 on CPU) | bf16 (GPU or CPU) | fp16 (GPU) | none"))
     seed: int = 42
     log_every: int = field(default=50, metadata=_help("print progress every N batches on rank 0 (0: never)"))
     resume: bool = field(default=False, metadata=_help("continue the interrupted run in --output from its last checkpoint"))
@@ -92,8 +93,7 @@ class TrainConfig:
             raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
         if self.arch == "encoder" and self.decoder:
             raise ValueError("arch 'encoder' takes no decoder")
-        if self.mixed_precision not in ("auto", "bf16", "fp16", "none"):
-            raise ValueError(f"mixed_precision must be auto|bf16|fp16|none, got {self.mixed_precision!r}")
+        check_mixed_precision(self.mixed_precision)
         for name in ("epochs", "batch_size", "grad_accum_steps", "num_workers", "max_length", "torch_threads", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -148,13 +148,7 @@ def _rows(shard, columns: tuple[str, ...]) -> list[dict]:
 
 
 def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or cfg.mixed_precision == "none":
-        return None
-    if cfg.mixed_precision == "fp16":
-        return torch.float16
-    if cfg.mixed_precision == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
+    return autocast_dtype(cfg.mixed_precision, device.type)
 
 
 def _unwrap(model):

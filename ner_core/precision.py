@@ -1,0 +1,42 @@
+"""Which autocast dtype a ``--mixed-precision`` setting means on a given device.
+
+One place for the rule, shared by training, evaluation and bulk tagging, so a
+model is never scored in one precision and served in another by accident.
+
+- ``auto``: bf16 on a GPU that supports it (fp16 on older GPUs), full fp32 on CPU.
+  CPU stays fp32 by default because bf16 is only fast on CPUs with native bf16
+  (AVX512-BF16 / AMX) and costs a little accuracy; ask for it explicitly.
+- ``bf16``: bf16 autocast on GPU or CPU. On this project's benchmark CPU (AMD EPYC,
+  avx512_bf16) it made MiniLM inference ~3x faster.
+- ``fp16``: GPU only (CPU autocast has no fast fp16 path).
+- ``none``: fp32 everywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MIXED_PRECISION_CHOICES = ("auto", "bf16", "fp16", "none")
+
+
+def check_mixed_precision(setting: str) -> None:
+    if setting not in MIXED_PRECISION_CHOICES:
+        raise ValueError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}, got {setting!r}")
+
+
+def autocast_dtype(setting: str, device_type: str) -> torch.dtype | None:
+    """The dtype for ``torch.autocast`` (None: no autocast, run in fp32)."""
+    check_mixed_precision(setting)
+    if setting == "none":
+        return None
+    if device_type == "cuda":
+        if setting == "fp16":
+            return torch.float16
+        if setting == "bf16" or torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
+    if setting == "bf16":
+        return torch.bfloat16
+    if setting == "fp16":
+        raise ValueError("--mixed-precision fp16 needs a GPU; on CPU use bf16 (fast on CPUs with AVX512-BF16 or AMX) or none")
+    return None

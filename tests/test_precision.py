@@ -1,0 +1,38 @@
+"""``--mixed-precision`` means the same thing in training, evaluation and tagging."""
+
+import pytest
+import torch
+
+from ner_core.precision import autocast_dtype
+
+
+def test_auto_keeps_cpu_in_fp32_and_bf16_is_an_explicit_choice():
+    assert autocast_dtype("auto", "cpu") is None
+    assert autocast_dtype("none", "cpu") is None
+    assert autocast_dtype("bf16", "cpu") is torch.bfloat16
+
+
+def test_gpu_settings():
+    assert autocast_dtype("fp16", "cuda") is torch.float16
+    assert autocast_dtype("bf16", "cuda") is torch.bfloat16
+    assert autocast_dtype("none", "cuda") is None
+
+
+def test_fp16_on_cpu_and_unknown_settings_are_refused():
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        autocast_dtype("fp16", "cpu")
+    with pytest.raises(ValueError, match="must be one of auto, bf16, fp16, none"):
+        autocast_dtype("fp32", "cpu")
+
+
+def test_bf16_tagging_on_cpu_agrees_with_fp32(tiny_dirs, tokenizer):
+    from ner_core.inference import WordTagger
+    from transformers import AutoModelForTokenClassification
+
+    model = AutoModelForTokenClassification.from_pretrained(tiny_dirs["bert_tagger"])
+    docs = [["Anna", "met", "Bob", "in", "Paris"], ["one"], ["word"] * 40]
+    fp32 = WordTagger(model, tokenizer).predict_ids(docs)
+    bf16 = WordTagger(model, tokenizer, autocast_dtype=autocast_dtype("bf16", "cpu")).predict_ids(docs)
+    assert [len(x) for x in bf16] == [5, 1, 40]
+    agree = sum(a == b for x, y in zip(fp32, bf16) for a, b in zip(x, y))
+    assert agree / 46 > 0.8
