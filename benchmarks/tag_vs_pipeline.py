@@ -96,16 +96,19 @@ import json, sys, time, glob, resource
 import torch
 from transformers import pipeline, AutoTokenizer
 from ner_core.tagger import load_tagger
-model_dir, corpus, batch_size, limit, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+model_dir, corpus, batch_size, limit, threads, dtype = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 torch.set_num_threads(threads)
 texts = [json.loads(l)["text"] for p in sorted(glob.glob(corpus + "/*.jsonl")) for l in open(p)][:limit]
-nlp = pipeline("token-classification", model=load_tagger(model_dir), tokenizer=AutoTokenizer.from_pretrained(model_dir), device=-1, aggregation_strategy="simple")
+model = load_tagger(model_dir)
+if dtype == "bf16":
+    model = model.to(torch.bfloat16)
+nlp = pipeline("token-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(model_dir), device=-1, aggregation_strategy="simple")
 nlp(texts[:8], batch_size=8)
 t = time.time()
 n_ents = sum(len(r) for r in nlp(texts, batch_size=batch_size))
 dt = time.time() - t
 words = sum(len(s.split()) for s in texts)
-print(json.dumps({"batch_size": batch_size, "sentences": len(texts), "words": words, "seconds": dt, "words_per_s": words / dt, "entities": n_ents, "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+print(json.dumps({"batch_size": batch_size, "dtype": dtype, "sentences": len(texts), "words": words, "seconds": dt, "words_per_s": words / dt, "entities": n_ents, "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """
 
 
@@ -118,7 +121,7 @@ def main() -> None:
     ap.add_argument("--pipeline-batch-sizes", default="8,32,64")
     ap.add_argument("--pipeline-sample", type=int, default=5000, help="sentences per batch-size trial (the best then runs on the full corpus)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench_out"))
-    ap.add_argument("--tag-args", default="--actors 1 --cpus-per-actor 1 --torch-threads 2 --batch-size 512 --window-batch-size 128 --max-length 128")
+    ap.add_argument("--tag-args", default="--actors 1 --cpus-per-actor 1 --torch-threads 2 --max-length 128")
     args = ap.parse_args()
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": ROOT}
@@ -132,30 +135,39 @@ def main() -> None:
 
     trials = []
     for bs in [int(b) for b in args.pipeline_batch_sizes.split(",")]:
-        _, _, out = run_measured([sys.executable, "-c", PIPELINE_CHILD, args.model, main_corpus, str(bs), str(args.pipeline_sample), "2"], env)
+        _, _, out = run_measured([sys.executable, "-c", PIPELINE_CHILD, args.model, main_corpus, str(bs), str(args.pipeline_sample), "2", "fp32"], env)
         trials.append(json.loads(out.strip().splitlines()[-1]))
         print("pipeline trial", trials[-1], flush=True)
     best = max(trials, key=lambda r: r["words_per_s"])
-    secs, peak, out = run_measured([sys.executable, "-c", PIPELINE_CHILD, args.model, main_corpus, str(best["batch_size"]), str(args.sentences), "2"], env)
+    secs, peak, out = run_measured([sys.executable, "-c", PIPELINE_CHILD, args.model, main_corpus, str(best["batch_size"]), str(args.sentences), "2", "fp32"], env)
     pipe = json.loads(out.strip().splitlines()[-1])
     pipe["peak_tree_rss"] = peak
+    # the pipeline in bf16 too (weights cast), at its best batch size, on the trial sample:
+    # so the jobs.tag bf16 figure can also be read against a bf16 pipeline
+    _, _, out = run_measured([sys.executable, "-c", PIPELINE_CHILD, args.model, main_corpus, str(best["batch_size"]), str(args.pipeline_sample), "2", "bf16"], env)
+    results["pipeline_bf16_sample"] = json.loads(out.strip().splitlines()[-1])
+    print("pipeline bf16 sample", results["pipeline_bf16_sample"], flush=True)
     results["pipeline_trials"] = trials
     results["pipeline"] = pipe
     print("pipeline full", pipe, flush=True)
 
-    for name, n in sizes.items():
-        out_dir = os.path.join(args.out, f"tagged-{n}")
-        cmd = [sys.executable, "-m", "jobs.tag", "--model", args.model, "--input", os.path.join(args.out, f"corpus-{n}"), "--output", out_dir, "--overwrite", *args.tag_args.split()]
+    # jobs.tag in fp32 (the pipeline's precision) and bf16 autocast on the main corpus;
+    # bf16 on the scaled corpus for the memory comparison
+    for name, n, precision in (("main_fp32", sizes["main"], "none"), ("main", sizes["main"], "bf16"), ("scaled", sizes["scaled"], "bf16")):
+        out_dir = os.path.join(args.out, f"tagged-{name}")
+        cmd = [sys.executable, "-m", "jobs.tag", "--model", args.model, "--input", os.path.join(args.out, f"corpus-{n}"), "--output", out_dir, "--overwrite", "--mixed-precision", precision, *args.tag_args.split()]
         secs, peak, out = run_measured(cmd, env)
         manifest = json.load(open(os.path.join(out_dir, "_manifest.json")))
         run = manifest["this_run"]
         # words as the pipeline counts them (whitespace tokens of the corpus), over the job's own wall time
         words = sum(len(t.split()) for t in itertools.islice(itertools.cycle(texts), n))
-        results[f"jobs_tag_{name}"] = {"sentences": n, "seconds_total": secs, "job_seconds": run["seconds"], "words": words, "words_per_s": words / run["seconds"], "job_word_splits": run["words"], "rows_written": manifest["rows_written"], "rows_failed": manifest["rows_failed"], "peak_tree_rss": peak}
+        results[f"jobs_tag_{name}"] = {"sentences": n, "mixed_precision": precision, "seconds_total": secs, "job_seconds": run["seconds"], "words": words, "words_per_s": words / run["seconds"], "job_word_splits": run["words"], "rows_written": manifest["rows_written"], "rows_failed": manifest["rows_failed"], "peak_tree_rss": peak}
         print(f"jobs.tag {name}", results[f"jobs_tag_{name}"], flush=True)
 
     main_run = results["jobs_tag_main"]
     results["speedup_vs_best_pipeline"] = main_run["words_per_s"] / pipe["words_per_s"]
+    results["speedup_fp32_vs_best_pipeline"] = results["jobs_tag_main_fp32"]["words_per_s"] / pipe["words_per_s"]
+    results["speedup_bf16_vs_pipeline_bf16_sample"] = main_run["words_per_s"] / results["pipeline_bf16_sample"]["words_per_s"]
     results["peak_memory_ratio_scaled_vs_main"] = results["jobs_tag_scaled"]["peak_tree_rss"] / main_run["peak_tree_rss"]
     print(json.dumps(results, indent=2))
     with open(os.path.join(args.out, "tag_vs_pipeline.json"), "w") as fh:
