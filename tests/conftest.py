@@ -8,6 +8,7 @@ milliseconds on 2 cores.
 from __future__ import annotations
 
 import os
+import secrets
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -17,11 +18,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # before Ray is imported: ray_constants reads it once. Inherited by the head, its workers
 # and every job subprocess.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-# Ray's default for a new cluster: token authentication. The head creates the token
-# (~/.ray/auth_token) if missing; this process, its subprocesses and the job server
-# client find it there. Set before Ray is imported: Ray's C++ config reads it once, and
-# a test that touches Ray internals first would otherwise fix it at "disabled".
+# Ray's default for a new cluster: token authentication. `ray start --head` does not
+# create a token (it fails on a fresh machine with no ~/.ray/auth_token), so the run
+# makes a throwaway one in the environment: the head, this process, every job
+# subprocess and the job server client inherit it, and nothing is written to ~/.ray.
+# Set before Ray is imported: Ray's C++ config reads both once, and a test that touches
+# Ray internals first would otherwise fix the mode at "disabled".
 os.environ["RAY_AUTH_MODE"] = "token"
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
