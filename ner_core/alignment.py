@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ner_core.casing import case_marker_ids, word_case
+
 IGNORE_INDEX = -100
 
 
@@ -19,7 +21,7 @@ IGNORE_INDEX = -100
 class Window:
     input_ids: list[int]
     attention_mask: list[int]
-    word_ids: list[int | None]  # per position; None for special tokens
+    word_ids: list[int | None]  # per position; None for special tokens and case markers
     labels: list[int] | None  # per position: word label on first subwords, IGNORE_INDEX elsewhere
     first_word: int  # words [first_word, end_word) start inside this window
     end_word: int
@@ -99,20 +101,27 @@ def encode_batch(
         else None
     )
     unk = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else 0
+    markers = case_marker_ids(tokenizer)
     result: list[list[Window]] = [[] for _ in batch_words]
     for row, doc in enumerate(non_empty):
         words = batch_words[doc]
         pieces = _subwords_per_word(encoded["input_ids"][row], encoded.word_ids(row), len(words), unk)
-        pieces = [p[:budget] for p in pieces]  # a single word longer than a window keeps its head
+        # A case marker (see ner_core.casing) goes before its word; the budget counts it.
+        # (None when a window has room for one token only: the word itself comes first.)
+        lead = [[markers[m]] if markers and budget > 1 and (m := word_case(word)) else [] for word in words]
+        pieces = [p[: budget - len(m)] for p, m in zip(pieces, lead)]  # a word longer than a window keeps its head
         labels = batch_label_ids[doc] if batch_label_ids is not None else None
-        for a, b in _window_bounds([len(p) for p in pieces], budget, stride):
+        for a, b in _window_bounds([len(p) + len(m) for p, m in zip(pieces, lead)], budget, stride):
             ids = list(prefix)
             wids: list[int | None] = [None] * len(prefix)
             lab = [IGNORE_INDEX] * len(prefix) if labels is not None else None
             for w in range(a, b):
+                ids.extend(lead[w])
+                wids.extend([None] * len(lead[w]))
                 ids.extend(pieces[w])
                 wids.extend([w] * len(pieces[w]))
                 if lab is not None:
+                    lab.extend([IGNORE_INDEX] * len(lead[w]))
                     lab.append(int(labels[w]))
                     lab.extend([IGNORE_INDEX] * (len(pieces[w]) - 1))
             ids.extend(suffix)

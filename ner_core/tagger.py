@@ -13,6 +13,7 @@ from typing import Any
 
 from transformers import AutoModelForTokenClassification, AutoTokenizer, PreTrainedModel
 
+from ner_core.casing import add_case_markers
 from ner_core.labels import LabelMap
 from ner_core.model import EncoderDecoderTagger
 
@@ -39,6 +40,7 @@ def build_tagger(
     encoder: str | os.PathLike,
     decoder: str | os.PathLike | None = None,
     labels: LabelMap | None = None,
+    vocab_size: int | None = None,
     **hf_kwargs: Any,
 ) -> PreTrainedModel:
     """A tagger ready to fine-tune.
@@ -49,7 +51,24 @@ def build_tagger(
     with it (or be None).
     ``arch="encoder"``: the baseline, ``AutoModelForTokenClassification`` on
     ``encoder`` alone.
+    ``vocab_size``: the tokenizer's size; when tokens were added to it (case
+    markers) the embeddings grow to match, new rows at the mean of the old.
+    (Never shrunk: some checkpoints pad their embedding matrix past the vocabulary.)
     """
+    model = _build(arch, encoder, decoder, labels, **hf_kwargs)
+    if vocab_size is not None and vocab_size > model.get_input_embeddings().num_embeddings:
+        resize_vocabulary(model, vocab_size)
+    return model
+
+
+def resize_vocabulary(model: PreTrainedModel, vocab_size: int) -> None:
+    """Grow every token embedding the tagger has (the encoder-decoder's decoder reads input_ids too)."""
+    parts = [model.encoder, model.decoder] if isinstance(model, EncoderDecoderTagger) else [model]
+    for part in parts:
+        part.resize_token_embeddings(vocab_size)
+
+
+def _build(arch, encoder, decoder, labels, **hf_kwargs) -> PreTrainedModel:
     hf_kwargs.setdefault("trust_remote_code", False)
     id2label = dict(labels.id2label) if labels is not None else None
     encoder = resolve_model_path(encoder)
@@ -80,12 +99,18 @@ def load_tagger(path: str | os.PathLike, **hf_kwargs: Any) -> PreTrainedModel:
     return AutoModelForTokenClassification.from_pretrained(resolve_model_path(path), use_safetensors=True, **hf_kwargs)
 
 
-def load_tokenizer(path: str | os.PathLike, **hf_kwargs: Any):
-    """The fast tokenizer saved with a model (word alignment needs ``word_ids``)."""
+def load_tokenizer(path: str | os.PathLike, case_markers: bool = False, **hf_kwargs: Any):
+    """The fast tokenizer saved with a model (word alignment needs ``word_ids``).
+
+    ``case_markers=True`` adds the word-case marker tokens (``ner_core.casing``)
+    for training a new tagger; a trained tagger's saved tokenizer already has them.
+    """
     hf_kwargs.setdefault("trust_remote_code", False)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path), use_fast=True, **hf_kwargs)
     if not tokenizer.is_fast:
         raise ValueError(f"{path}: a fast tokenizer is required for word alignment")
+    if case_markers:
+        add_case_markers(tokenizer)
     return tokenizer
 
 

@@ -139,10 +139,10 @@ def collect_labels(ds: ray.data.Dataset) -> list[str]:
 
 
 @lru_cache(maxsize=4)
-def _tokenizer(path: str):
+def _tokenizer(path: str, case_markers: bool):
     from ner_core.tagger import load_tokenizer
 
-    return load_tokenizer(path)
+    return load_tokenizer(path, case_markers=case_markers)
 
 
 TRAIN_SCHEMA = pa.schema(
@@ -155,8 +155,10 @@ TRAIN_SCHEMA = pa.schema(
 )
 
 
-def _encode(batch: pa.Table, tokenizer_path: str, labels: tuple[str, ...], max_length: int, stride: int) -> pa.Table:
-    tokenizer = _tokenizer(tokenizer_path)
+def _encode(
+    batch: pa.Table, tokenizer_path: str, case_markers: bool, labels: tuple[str, ...], max_length: int, stride: int
+) -> pa.Table:
+    tokenizer = _tokenizer(tokenizer_path, case_markers)
     label_map = LabelMap(labels)
     tokens = batch.column("tokens").to_pylist()
     sources, lines = batch.column("source").to_pylist(), batch.column("line").to_pylist()
@@ -178,14 +180,24 @@ def _encode(batch: pa.Table, tokenizer_path: str, labels: tuple[str, ...], max_l
 
 
 def encode_for_training(
-    ds: ray.data.Dataset, tokenizer_path: str, labels: LabelMap, max_length: int, stride: int
+    ds: ray.data.Dataset, tokenizer_path: str, labels: LabelMap, max_length: int, stride: int, case_markers: bool = False
 ) -> ray.data.Dataset:
-    """Tokenize and align in Ray Data tasks: one row per window, labels on first subwords."""
+    """Tokenize and align in Ray Data tasks: one row per window, labels on first subwords.
+
+    ``case_markers``: encode with the word-case marker tokens (``ner_core.casing``)
+    added to the tokenizer, exactly as the training workers' tokenizer has them.
+    """
     return ds.map_batches(
         _encode,
         batch_format="pyarrow",
         batch_size=256,
-        fn_kwargs={"tokenizer_path": tokenizer_path, "labels": labels.labels, "max_length": max_length, "stride": stride},
+        fn_kwargs={
+            "tokenizer_path": tokenizer_path,
+            "case_markers": case_markers,
+            "labels": labels.labels,
+            "max_length": max_length,
+            "stride": stride,
+        },
         num_cpus=0.25,
     )
 

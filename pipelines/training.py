@@ -64,6 +64,7 @@ class TrainConfig:
     repair_invalid: bool = field(default=False, metadata=_help("repair invalid tag sequences (e.g. O I-PER) instead of failing"))
     token_column: int = field(default=0, metadata=_help("CoNLL column holding the token"))
     tag_column: int = field(default=-1, metadata=_help("CoNLL column holding the tag"))
+    case_markers: bool = field(default=False, metadata=_help("mark capitalised / all-caps words with extra tokens: gives an uncased encoder (e.g. minilm) the case it lowercases away"))
     epochs: int = 3
     batch_size: int = field(default=32, metadata=_help("windows per optimizer micro-step, per worker"))
     grad_accum_steps: int = 1
@@ -175,8 +176,10 @@ def train_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(cfg.torch_threads)
     _seed_everything(cfg.seed)
 
-    model = build_tagger(cfg.arch, cfg.encoder, cfg.decoder if cfg.arch == "encoder-decoder" else None, labels=labels)
-    tokenizer = load_tokenizer(cfg.encoder)
+    tokenizer = load_tokenizer(cfg.encoder, case_markers=cfg.case_markers)
+    model = build_tagger(
+        cfg.arch, cfg.encoder, cfg.decoder if cfg.arch == "encoder-decoder" else None, labels=labels, vocab_size=len(tokenizer)
+    )
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     groups = [
         {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)], "weight_decay": cfg.weight_decay},
@@ -320,7 +323,9 @@ def run_training(cfg: TrainConfig) -> dict:
         if unknown:
             raise ValueError(f"dev data {cfg.dev} has labels {unknown} never seen in training data {cfg.train}")
         datasets["dev"] = dev_ds
-    datasets["train"] = encode_for_training(train_ds, resolve_model_path(cfg.encoder), labels, cfg.max_length, cfg.stride).materialize()
+    datasets["train"] = encode_for_training(
+        train_ds, resolve_model_path(cfg.encoder), labels, cfg.max_length, cfg.stride, cfg.case_markers
+    ).materialize()
 
     trainer = TorchTrainer(
         train_loop_per_worker,

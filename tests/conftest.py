@@ -213,19 +213,21 @@ def ray_cluster(ray_head, s3_server):
 
 
 @pytest.fixture(scope="session")
-def tiny_tagger(tiny_dirs, tokenizer, tmp_path_factory):
-    """A saved tiny encoder-decoder tagger with the CoNLL label set (random weights, fixed seed).
+def tiny_tagger(tiny_dirs, tmp_path_factory):
+    """A saved tiny encoder-decoder tagger with the CoNLL label set (random weights, fixed seed),
+    with case markers (``ner_core.casing``) in its tokenizer, as the CoNLL configs train them.
 
     Its predictions are arbitrary but deterministic, which is what the tagging
     tests need: they compare the job's labels with ``WordTagger`` run in-process.
     """
-    from ner_core import EncoderDecoderTagger
-    from ner_core.tagger import save_tagger
+    from ner_core.labels import LabelMap
+    from ner_core.tagger import build_tagger, load_tokenizer, save_tagger
 
     torch.manual_seed(3)
-    model = EncoderDecoderTagger.from_encoder_decoder_pretrained(
-        tiny_dirs["distilbert"], tiny_dirs["bert"], id2label=dict(enumerate(CONLL_LABELS))
+    cased = load_tokenizer(tiny_dirs["bert"], case_markers=True)
+    model = build_tagger(
+        "encoder-decoder", tiny_dirs["distilbert"], tiny_dirs["bert"], labels=LabelMap(tuple(CONLL_LABELS)), vocab_size=len(cased)
     )
     path = tmp_path_factory.mktemp("tiny_tagger") / "model"
-    save_tagger(model, tokenizer, path)
+    save_tagger(model, cased, path)
     return str(path)

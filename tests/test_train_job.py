@@ -26,7 +26,7 @@ def _argv(tiny_dirs, data, output, *extra):
         "--train", str(data / "train.txt"), "--dev", str(data / "dev.txt"), "--output", str(output),
         "--arch", "encoder-decoder", "--encoder", tiny_dirs["distilbert"], "--decoder", tiny_dirs["bert"],
         "--epochs", "2", "--batch-size", "8", "--lr", "3e-3", "--max-length", "32",
-        "--num-workers", "2", "--cpus-per-worker", "0.5", "--seed", "7", *extra,
+        "--num-workers", "2", "--cpus-per-worker", "0.5", "--seed", "7", "--case-markers", "true", *extra,
     ]  # fmt: skip
 
 
