@@ -50,4 +50,7 @@ def init_ray(num_cpus: float | None = None, quiet: bool = True) -> None:
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=int(num_cpus) if num_cpus else None, include_dashboard=False, **kwargs)
+        # The dashboard serves Ray's State API, which Ray Train's placement-group cleaner
+        # polls: without it a training run logs "State API may be temporarily unavailable"
+        # every few seconds, all night. It binds to localhost only.
+        ray.init(num_cpus=int(num_cpus) if num_cpus else None, include_dashboard=True, **kwargs)
