@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         model = os.path.join(out, "model")
         train = TrainConfig(
             train=os.path.join(data, "train.txt"), dev=os.path.join(data, "dev.txt"), output=model,
-            arch=cfg.arch, encoder="minilm", epochs=cfg.epochs, batch_size=16, lr=1e-4, max_length=64,
-            num_workers=1, cpus_per_worker=1, torch_threads=2,
+            arch=cfg.arch, encoder="minilm", case_markers=True, epochs=cfg.epochs, batch_size=16, lr=1e-4,
+            max_length=64, num_workers=1, cpus_per_worker=1, torch_threads=2,
         )  # fmt: skip
         summary = run_training(train)
         print(f"[2/4] fine-tuned {cfg.arch} tagger -> {model} (best dev F1 {summary['best_dev_f1']:.3f}, {summary['wall_time_s']:.0f}s)")
