@@ -37,17 +37,24 @@ def word_case(word: str) -> str | None:
     return TITLE if letters[0].isupper() else None
 
 
+def _marker_ids(tokenizer) -> list[int | None]:
+    """Each marker's token id, None where the tokenizer lacks it.
+
+    (convert_tokens_to_ids is a map lookup; get_vocab() would copy the whole
+    vocabulary, ~20 ms, on every encode_batch call.)
+    """
+    ids = tokenizer.convert_tokens_to_ids(list(MARKERS))
+    return [None if i == tokenizer.unk_token_id else i for i in ids]
+
+
 def add_case_markers(tokenizer) -> None:
     """Add the marker tokens (idempotent; same ids every time for the same base tokenizer)."""
-    missing = [m for m in MARKERS if m not in tokenizer.get_vocab()]
+    missing = [m for m, i in zip(MARKERS, _marker_ids(tokenizer)) if i is None]
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
 
 
 def case_marker_ids(tokenizer) -> dict[str, int] | None:
     """``{marker: token id}`` when the tokenizer carries the markers, else None."""
-    # convert_tokens_to_ids is a map lookup; get_vocab() copies the whole vocabulary (~20 ms).
-    ids = tokenizer.convert_tokens_to_ids(list(MARKERS))
-    if any(i is None or i == tokenizer.unk_token_id for i in ids):
-        return None
-    return dict(zip(MARKERS, ids))
+    ids = _marker_ids(tokenizer)
+    return None if None in ids else dict(zip(MARKERS, ids))
