@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from seqeval.metrics import classification_report
-from seqeval.scheme import IOB2, IOBES
+from seqeval.scheme import IOB2, IOBES, Entities
+
+from ner_core.labels import entity_spans
 
 _SCHEMES = {"IOB2": IOB2, "IOBES": IOBES}
 
@@ -47,7 +49,49 @@ def evaluate_tags(
         "token_accuracy": correct / tokens if tokens else 0.0,
         "num_sentences": len(true),
         "per_type": per_type,
+        "confusion": entity_confusion(true, pred, scheme, mode),
     }
+
+
+NONE = "(none)"
+
+
+def _spans(sequences: list[list[str]], scheme: str, mode: str | None) -> list[set[tuple[int, int, str]]]:
+    """Entities per sentence as ``(start, end, type)``, read the way the scores read them."""
+    if mode == "strict":
+        found = Entities(sequences, _SCHEMES[scheme], suffix=False).entities
+        return [{(e.start, e.end, e.tag) for e in sentence} for sentence in found]
+    return [{(s, e, t) for t, s, e in entity_spans(seq, scheme)} for seq in sequences]
+
+
+def entity_confusion(
+    y_true: Sequence[Sequence[str]], y_pred: Sequence[Sequence[str]], scheme: str = "IOB2", mode: str | None = "strict"
+) -> dict:
+    """Which type each gold entity was predicted as, by exact boundaries.
+
+    ``matrix[g][p]`` counts gold entities of type ``types[g]`` whose exact span
+    was predicted as ``types[p]``; the last column (``(none)``) counts gold
+    entities with no prediction over exactly their span (missed, or found with
+    wrong boundaries) and the last row predicted entities whose span is no gold
+    entity's (spurious). The diagonal is therefore the strict true positives per
+    type, so it agrees with the precision/recall table beside it. Types are
+    those seen in gold or predictions, sorted; the last label is ``(none)``.
+    """
+    gold = _spans([list(s) for s in y_true], scheme, mode)
+    pred = _spans([list(s) for s in y_pred], scheme, mode)
+    types = sorted({t for sent in gold + pred for _, _, t in sent})
+    index = {t: i for i, t in enumerate(types)}
+    none = len(types)
+    matrix = [[0] * (none + 1) for _ in range(none + 1)]
+    for g_sent, p_sent in zip(gold, pred):
+        predicted = {(s, e): t for s, e, t in p_sent}
+        gold_spans = {(s, e) for s, e, _ in g_sent}
+        for s, e, t in g_sent:
+            matrix[index[t]][index[predicted[(s, e)]] if (s, e) in predicted else none] += 1
+        for s, e, t in p_sent:
+            if (s, e) not in gold_spans:
+                matrix[none][index[t]] += 1
+    return {"labels": [*types, NONE], "matrix": matrix}
 
 
 def format_report(metrics: dict) -> str:
