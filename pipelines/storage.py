@@ -50,29 +50,69 @@ def strip_scheme(path: str) -> str:
     return path
 
 
+def _hidden(name: str) -> bool:
+    return name.startswith(("_", "."))
+
+
+def _glob_root(pattern: str) -> str:
+    """The folder a glob searches from: its components before the first one with magic."""
+    parts = pattern.split("/")
+    literal = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    return "/".join(parts[:literal])
+
+
+def _asked_for(pattern_parts: list[str], path_parts: list[str]) -> list[bool]:
+    """For each component of a matched path (below the glob's root): did the user's pattern
+    name it with a leading ``_``/``.`` itself (``_*``, ``.cache``)? Components before a ``**``
+    line up with the pattern from the start, those after it from the end; the ones ``**``
+    stands for were never named, so the hidden-name rule applies to them."""
+    asked = [False] * len(path_parts)
+    if "**" in pattern_parts:
+        head = pattern_parts[: pattern_parts.index("**")]
+        tail = pattern_parts[len(pattern_parts) - pattern_parts[::-1].index("**"):]
+    else:
+        head, tail = pattern_parts, []
+    for i, part in enumerate(head[: len(path_parts)]):
+        asked[i] = _hidden(part)
+    for i, part in enumerate(tail[::-1][: len(path_parts)]):
+        asked[len(path_parts) - 1 - i] = _hidden(part)
+    return asked
+
+
 def expand_inputs(path: str, extensions: tuple[str, ...] = ()) -> list[str]:
     """A file, a folder (recursively, files with ``extensions``), or a glob -> sorted file list.
 
-    Hidden and ``_``-prefixed names (``_SUCCESS``, ``_errors``) are skipped, as
-    Spark and Ray Data do. Raises FileNotFoundError naming the path when
-    nothing matches, so a typo fails in seconds, not after cluster start-up.
+    Hidden and ``_``-prefixed names (``_SUCCESS``, ``_errors/``, ``.cache/``) are skipped,
+    as Spark and Ray Data do, but only names the user did not write: the rule looks at each
+    file's own name and the folders between it and the folder or glob the user gave, never
+    at the user's own text (``/data/_in/part-*`` still reads ``/data/_in``, and ``_x*`` reads
+    ``_x1``). Raises FileNotFoundError naming the path when nothing matches, so a typo
+    fails in seconds, not after cluster start-up.
     """
     fs = fsspec_filesystem(path)
     scheme = "s3://" if is_s3(path) else ""
     bare = strip_scheme(path) if scheme else os.path.abspath(path)
+    bare = bare.rstrip("/") or "/"
     if glob.has_magic(bare):
-        found = fs.glob(bare)
+        root = _glob_root(bare)
+        pattern_parts = bare[len(root):].strip("/").split("/")
+        found = []
+        for p, info in fs.glob(bare, detail=True).items():
+            rel = p[len(root):].strip("/").split("/") if p.startswith(root) else [os.path.basename(p)]
+            asked = _asked_for(pattern_parts, rel)
+            if info.get("type") != "directory" and not any(_hidden(part) and not ok for part, ok in zip(rel, asked)):
+                found.append(p)
     elif fs.isdir(bare):
-        found = [p for p in fs.find(bare) if not extensions or p.endswith(extensions)]
+        found = [
+            p for p, info in fs.find(bare, detail=True).items()
+            if info.get("type") != "directory"
+            and (not extensions or p.endswith(extensions))
+            and not any(_hidden(part) for part in p[len(bare):].split("/") if part)
+        ]
     elif fs.exists(bare):
-        found = [bare]
+        found = [bare]  # named by the user: read even if its name starts with "_"
     else:
         found = []
-    found = [
-        p for p in found
-        if not any(part.startswith(("_", ".")) for part in p[len(bare):].split("/") if part)
-        and not fs.isdir(p)
-    ]
     if not found:
         raise FileNotFoundError(f"no input files at {path}")
     return sorted(scheme + p for p in found)
