@@ -11,6 +11,10 @@ construction. Reading rules, whatever the scheme:
   is how IOB1 is meant to be read, and how IOB1 remnants in "IOB2" corpora
   (CoNLL-2003 has a few hundred) are counted by conlleval.
 - In IOB1, ``B-X`` only appears right after an ``X`` entity, to split the two.
+
+Untyped tags (plain ``B``, ``I``, ``O``, and ``E``, ``S`` for IOBES) are
+tags whose entity type is the empty string ``""``: they follow the same rules,
+and ``join_tag("B", "") == "B"`` turns them back.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ def check_scheme(scheme: str) -> str:
 
 
 def split_tag(tag: str) -> tuple[str, str | None]:
-    """``"B-PER"`` -> ``("B", "PER")``; ``"O"`` -> ``("O", None)``.
+    """``"B-PER"`` -> ``("B", "PER")``; untyped ``"B"`` -> ``("B", "")``; ``"O"`` -> ``("O", None)``.
 
     Splits on the first '-' only, because types may contain dashes
     (WNUT's ``I-creative-work``).
@@ -48,10 +52,21 @@ def split_tag(tag: str) -> tuple[str, str | None]:
         return "O", None
     if not isinstance(tag, str):
         raise InvalidTagError(f"malformed tag {tag!r}: tags are strings")
+    if tag in _ALL_PREFIXES:
+        return tag, ""
     prefix, sep, etype = tag.partition("-")
     if not sep or prefix not in _ALL_PREFIXES or not etype:
-        raise InvalidTagError(f"malformed tag {tag!r}: expected 'O' or B-/I-/E-/S- followed by a type")
+        raise InvalidTagError(
+            f"malformed tag {tag!r}: expected 'O', an untyped B/I/E/S, or B-/I-/E-/S- followed by a type"
+        )
     return prefix, etype
+
+
+def join_tag(prefix: str, etype: str | None) -> str:
+    """The inverse of ``split_tag``: ``("B", "PER")`` -> ``"B-PER"``; ``("B", "")`` -> ``"B"``."""
+    if prefix == "O":
+        return "O"
+    return f"{prefix}-{etype}" if etype else prefix
 
 
 def entity_spans(tags: Sequence[str], scheme: str = "IOB2") -> list[tuple[str, int, int]]:
@@ -94,16 +109,16 @@ def spans_to_tags(spans: Iterable[tuple[str, int, int]], length: int, scheme: st
         if any(t != "O" for t in tags[start:end]):
             raise ValueError(f"span {etype} [{start}, {end}) overlaps another span")
         for i in range(start, end):
-            tags[i] = f"I-{etype}"
+            tags[i] = join_tag("I", etype)
         if scheme == "IOB2":
-            tags[start] = f"B-{etype}"
+            tags[start] = join_tag("B", etype)
         elif scheme == "IOBES":
             if end - start == 1:
-                tags[start] = f"S-{etype}"
+                tags[start] = join_tag("S", etype)
             else:
-                tags[start], tags[end - 1] = f"B-{etype}", f"E-{etype}"
+                tags[start], tags[end - 1] = join_tag("B", etype), join_tag("E", etype)
         elif previous == (etype, start):  # IOB1: B- only between two adjacent same-type entities
-            tags[start] = f"B-{etype}"
+            tags[start] = join_tag("B", etype)
         previous = (etype, end)
     return tags
 
@@ -134,19 +149,20 @@ def find_invalid(tags: Sequence[str], scheme: str = "IOB2") -> list[tuple[int, s
         # "inside" = the previous tag leaves an entity of this type open for continuation
         continues = prev_type == etype and prev_prefix in (("B", "I") if scheme == "IOBES" else allowed)
         where = f"after {tags[i - 1]}" if i else "at the start"
+        kind = f"{etype} entity" if etype else "entity"  # untyped tags have type ""
         if prefix != "O" and prefix not in allowed:
-            flag(i, f"{tags[i]}: prefix {prefix}- is not part of {scheme}")
+            flag(i, f"{tags[i]}: prefix {prefix} is not part of {scheme}")
         elif scheme == "IOB2" and prefix == "I" and not continues:
-            flag(i, f"{tags[i]} {where} does not continue a {etype} entity (expected B-{etype})")
+            flag(i, f"{tags[i]} {where} does not continue {'a' if etype else 'an'} {kind} (expected {join_tag('B', etype)})")
         elif scheme == "IOB1" and prefix == "B" and not continues:
-            flag(i, f"{tags[i]} {where}: in IOB1, B- only separates two adjacent {etype} entities (expected I-{etype})")
+            flag(i, f"{tags[i]} {where}: in IOB1, B only separates two adjacent {etype + ' ' if etype else ''}entities (expected {join_tag('I', etype)})")
         elif scheme == "IOBES" and prefix in ("I", "E") and not continues:
-            flag(i, f"{tags[i]} {where} does not continue an open {etype} entity")
+            flag(i, f"{tags[i]} {where} does not continue an open {kind}")
         if scheme == "IOBES" and prefix in ("B", "I"):
             nxt = parsed[i + 1] if i + 1 < len(parsed) else ("O", None)
             if not (nxt[0] in ("I", "E") and nxt[1] == etype):
                 follower = f"followed by {tags[i + 1]}" if i + 1 < len(tags) else "at the end"
-                flag(i, f"{tags[i]} {follower} is never closed by E-{etype}")
+                flag(i, f"{tags[i]} {follower} is never closed by {join_tag('E', etype)}")
     return [(i, "; ".join(reasons)) for i, reasons in sorted(problems.items())]
 
 
@@ -166,13 +182,17 @@ def repair(tags: Sequence[str], scheme: str = "IOB2") -> list[str]:
 
 
 def label_list(entity_types: Iterable[str], scheme: str = "IOB2") -> list[str]:
-    """``O`` first, then each type (sorted, so the order is reproducible) with every prefix of the scheme."""
+    """``O`` first, then each type (sorted, so the order is reproducible) with every prefix of the scheme.
+
+    Prefixes go in the order B, I (IOBES: B, I, E, S), so untyped IOB2 data
+    (type ``""``) gets ``["O", "B", "I"]`` and CoNLL gets ``O, B-LOC, I-LOC, B-MISC, ...``.
+    """
     check_scheme(scheme)
-    types = sorted(set(entity_types))
+    types = set(entity_types)
     for etype in types:
-        if not isinstance(etype, str) or not etype:
-            raise InvalidTagError(f"entity type {etype!r} must be a non-empty string")
-    return ["O"] + [f"{p}-{t}" for t in types for p in _PREFIXES[scheme]]
+        if not isinstance(etype, str):
+            raise InvalidTagError(f"entity type {etype!r} must be a string")
+    return ["O"] + [join_tag(p, t) for t in sorted(types) for p in _PREFIXES[scheme]]
 
 
 def labels_from_sequences(seqs: Iterable[Sequence[str]], scheme: str = "IOB2") -> list[str]:
@@ -253,3 +273,42 @@ class LabelMap:
         if sorted(by_id) != list(range(len(by_id))) or len(by_id) != len(mapping):
             raise ValueError(f"id2label keys must be exactly 0..{len(mapping) - 1}, got {sorted(mapping, key=str)}")
         return cls(tuple(by_id[i] for i in range(len(by_id))))
+
+
+class LabelMismatchError(ValueError):
+    """A saved classification head whose labels cannot serve the training data's labels."""
+
+
+def is_default_label_names(id2label: Mapping[int | str, str]) -> bool:
+    """HF's placeholder names ``LABEL_0..LABEL_{n-1}``: a head saved without label names.
+
+    ``BertForTokenClassification.from_pretrained(..., num_labels=3)`` with no
+    ``id2label`` saves exactly these.
+    """
+    return bool(id2label) and all(str(name) == f"LABEL_{int(i)}" for i, name in id2label.items())
+
+
+def resolve_head_labels(saved_id2label: Mapping[int | str, str], data_labels: Sequence[str], head: str) -> LabelMap:
+    """The label map for fine-tuning a saved classification head on data with ``data_labels``.
+
+    The ``run_ner.py`` convention: a head with HF's placeholder names
+    (``LABEL_k``) is kept, weights and all, when its size equals the number of
+    data labels, and output ``k`` is named after the ``k``-th data label
+    (``label_list`` order: ``O``, then ``B``, ``I`` per type); other sizes are
+    an error naming both. A head with real names keeps its mapping by name,
+    and its label set must equal the data's. ``head`` names the checkpoint in
+    errors. Called before any training, so a mismatch costs seconds.
+    """
+    saved = {int(k): str(v) for k, v in saved_id2label.items()}
+    data = list(data_labels)
+    if is_default_label_names(saved):
+        if len(saved) != len(data):
+            raise LabelMismatchError(
+                f"{head} has {len(saved)} unnamed outputs (LABEL_0..LABEL_{len(saved) - 1}) "
+                f"but the training data has {len(data)} labels {data}"
+            )
+        return LabelMap(tuple(data))
+    names = sorted(saved.values())
+    if sorted(set(names)) != sorted(set(data)) or len(names) != len(set(names)):
+        raise LabelMismatchError(f"{head} predicts labels {names} but the training data has labels {sorted(data)}")
+    return LabelMap.from_id2label(saved)

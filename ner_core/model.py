@@ -38,8 +38,15 @@ from transformers import (
 from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import TokenClassifierOutput
 
+from ner_core.labels import LabelMismatchError, resolve_head_labels
+
 IGNORE_INDEX = -100
 MODEL_TYPE = "encoder-decoder-tagger"
+DECODER_ATTENTION = ("bidirectional", "causal")
+# What a saved config without ``decoder_attention`` was trained with: HF's BERT
+# decoder is causal, and models saved before the setting existed must keep
+# loading exactly as they were trained.
+LEGACY_DECODER_ATTENTION = "causal"
 
 
 class TaggerConfigError(ValueError):
@@ -54,9 +61,16 @@ class TaggerConfigError(ValueError):
 class EncoderDecoderTaggerConfig(PreTrainedConfig):
     """Composite config: the encoder's and the decoder's own configs plus the label map.
 
-    The decoder sub-config always has ``is_decoder=True`` and
-    ``add_cross_attention=True``; ``num_labels``/``id2label``/``label2id`` live
-    at the top level, where HF token-classification code looks for them.
+    The decoder sub-config always has ``add_cross_attention=True`` (and is
+    built with ``is_decoder=True``, which HF requires for cross-attention);
+    ``num_labels``/``id2label``/``label2id`` live at the top level, where HF
+    token-classification code looks for them.
+
+    ``decoder_attention`` chooses the decoder's self-attention:
+    ``"bidirectional"`` (the default for new models: a tagger generates nothing,
+    so hiding the right context from each token is a handicap with no benefit)
+    or ``"causal"`` (HF's decoder as it is). A saved config without the key
+    predates the setting and loads as ``"causal"``, the way it was trained.
     """
 
     model_type = MODEL_TYPE
@@ -73,12 +87,43 @@ class EncoderDecoderTaggerConfig(PreTrainedConfig):
     decoder: PreTrainedConfig | dict | None = None
     classifier_dropout: float | None = None
     pad_token_id: int | None = None
+    decoder_attention: str = "bidirectional"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        if self.decoder_attention not in DECODER_ATTENTION:
+            raise TaggerConfigError(
+                f"decoder_attention must be one of {DECODER_ATTENTION}, got {self.decoder_attention!r}"
+            )
         if self.decoder is not None:
             self.decoder.is_decoder = True
             self.decoder.add_cross_attention = True
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
+        if "decoder_attention" not in config_dict and "decoder_attention" not in kwargs:
+            config_dict = {**config_dict, "decoder_attention": LEGACY_DECODER_ATTENTION}
+        return super().from_dict(config_dict, **kwargs)
+
+
+def _make_self_attention_bidirectional(decoder: PreTrainedModel) -> None:
+    """Let every decoder token attend to its right context too; cross-attention stays.
+
+    HF keeps the causal choice in two places, and both must change:
+    ``config.is_decoder`` makes the model build a causal mask, and each
+    self-attention module's ``is_causal`` is what SDPA and flash attention
+    read when no mask is passed (a batch with no padding). The layers were
+    built with ``is_decoder=True`` and keep their own ``is_decoder``
+    attribute, which is what runs their cross-attention, so flipping the
+    config afterwards changes only the masking. (The config flag goes back
+    to True on load, in ``EncoderDecoderTaggerConfig.__post_init__``, so the
+    layers are again built with cross-attention.)
+    """
+    decoder.config.is_decoder = False
+    decoder.config.use_cache = False
+    for name, module in decoder.named_modules():
+        if hasattr(module, "is_causal") and "crossattention" not in name.replace("_", ""):
+            module.is_causal = False
 
 
 def _drop_pooler(model: nn.Module) -> None:
@@ -117,6 +162,8 @@ class EncoderDecoderTagger(PreTrainedModel):
         # dropout) are seen by both the composite and the parts.
         self.encoder.config = self.config.encoder
         self.decoder.config = self.config.decoder
+        if config.decoder_attention == "bidirectional":
+            _make_self_attention_bidirectional(self.decoder)
 
         enc_hidden = config.encoder.hidden_size if hasattr(config.encoder, "hidden_size") else config.encoder.dim
         dec_hidden = config.decoder.hidden_size
@@ -164,13 +211,7 @@ class EncoderDecoderTagger(PreTrainedModel):
         encoder_states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.enc_to_dec_proj is not None:
             encoder_states = self.enc_to_dec_proj(encoder_states)
-        decoder_states = self.decoder(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            encoder_hidden_states=encoder_states,
-            encoder_attention_mask=attention_mask,
-            use_cache=False,
-        ).last_hidden_state
+        decoder_states = self.decode(input_ids, attention_mask, encoder_states)
         logits = self.classifier(self.dropout(decoder_states))
         loss = None
         if labels is not None:
@@ -179,6 +220,20 @@ class EncoderDecoderTagger(PreTrainedModel):
             )
         return TokenClassifierOutput(loss=loss, logits=logits)
 
+    def decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, encoder_states: torch.Tensor) -> torch.Tensor:
+        """The decoder's hidden states for ``input_ids``, cross-attending to ``encoder_states``.
+
+        Apart from ``forward`` so the decoder's own attention pattern can be
+        looked at with the encoder's output held fixed.
+        """
+        return self.decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=encoder_states,
+            encoder_attention_mask=attention_mask,
+            use_cache=False,
+        ).last_hidden_state
+
     @classmethod
     def from_encoder_decoder_pretrained(
         cls,
@@ -186,14 +241,21 @@ class EncoderDecoderTagger(PreTrainedModel):
         decoder_path: str | os.PathLike,
         num_labels: int | None = None,
         id2label: Mapping[int, str] | None = None,
+        decoder_attention: str = "bidirectional",
         **kwargs: Any,
     ) -> "EncoderDecoderTagger":
         """Combine a pretrained encoder with a pretrained BERT-family decoder.
 
         ``decoder_path`` holding a ``*ForTokenClassification`` checkpoint: its
-        classifier weights, ``num_labels`` and ``id2label`` are kept exactly
-        (passing different ones is an error). Otherwise ``num_labels`` and/or
-        ``id2label`` are required and a fresh head is made.
+        classifier weights and ``num_labels`` are kept exactly. Its label names
+        too, except HF's placeholders ``LABEL_k`` (a head saved with
+        ``num_labels=3`` and no names), which take the names of an ``id2label``
+        of the same size (``run_ner.py``'s convention; see
+        ``ner_core.labels.resolve_head_labels``); a named head and a different
+        label set, or a different size, is an error. Otherwise ``num_labels``
+        and/or ``id2label`` are required and a fresh head is made.
+        ``decoder_attention``: ``"bidirectional"`` (default) or ``"causal"``
+        self-attention in the decoder (see ``EncoderDecoderTaggerConfig``).
 
         ``kwargs`` go to each ``from_pretrained`` call (``revision``,
         ``cache_dir``, ``local_files_only``...). ``trust_remote_code`` stays
@@ -217,6 +279,7 @@ class EncoderDecoderTagger(PreTrainedModel):
             id2label=dict(id2label),
             label2id={label: i for i, label in id2label.items()},
             pad_token_id=getattr(enc_cfg, "pad_token_id", None),
+            decoder_attention=decoder_attention,
         )
         # The decoder config must not keep the saved head's task fields in a
         # way that confuses readers: the composite owns the label map.
@@ -278,11 +341,15 @@ def _resolve_labels(dec_cfg, decoder_is_tagger, num_labels, id2label, decoder_pa
                 f"num_labels={num_labels} was asked for. Drop the argument to keep the saved head, "
                 "or pass a decoder without a head to get a fresh one."
             )
-        if id2label is not None and id2label != saved:
-            raise TaggerConfigError(
-                f"{decoder_path} keeps its saved labels {saved}; a different id2label {id2label} was passed"
-            )
-        return dec_cfg.num_labels, saved
+        if id2label is None:
+            return dec_cfg.num_labels, saved
+        # run_ner.py's convention: unnamed outputs (LABEL_k) take the names asked
+        # for; named ones keep their mapping, and the set asked for must match it.
+        try:
+            kept = resolve_head_labels(saved, [id2label[i] for i in sorted(id2label)], f"decoder {decoder_path}")
+        except LabelMismatchError as exc:
+            raise TaggerConfigError(str(exc)) from None
+        return kept.num_labels, kept.id2label
     if num_labels is None:
         raise TaggerConfigError(
             f"{decoder_path} has no token-classification head: pass num_labels or id2label for a fresh one"

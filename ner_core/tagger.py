@@ -41,6 +41,7 @@ def build_tagger(
     decoder: str | os.PathLike | None = None,
     labels: LabelMap | None = None,
     vocab_size: int | None = None,
+    decoder_attention: str = "bidirectional",
     **hf_kwargs: Any,
 ) -> PreTrainedModel:
     """A tagger ready to fine-tune.
@@ -54,7 +55,11 @@ def build_tagger(
     ``vocab_size``: the tokenizer's size; when tokens were added to it (case
     markers) the embeddings grow to match, new rows at the mean of the old.
     (Never shrunk: some checkpoints pad their embedding matrix past the vocabulary.)
+    ``decoder_attention``: the encoder-decoder's decoder self-attention,
+    ``"bidirectional"`` or ``"causal"`` (ignored for ``arch="encoder"``).
     """
+    if arch == "encoder-decoder":
+        hf_kwargs["decoder_attention"] = decoder_attention
     model = _build(arch, encoder, decoder, labels, **hf_kwargs)
     if vocab_size is not None and vocab_size > model.get_input_embeddings().num_embeddings:
         resize_vocabulary(model, vocab_size)
