@@ -7,6 +7,7 @@ job code is the same either way.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -32,18 +33,41 @@ _FORWARDED_ENV = (
 _JOB_RUNTIME_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by the Ray Jobs supervisor for entrypoints
 
 
+def worker_env_vars(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The env vars this driver adds to its workers' runtime environment.
+
+    The non-secret ``_FORWARDED_ENV`` that are set here, and ``TOKENIZERS_PARALLELISM=false``
+    unless set (otherwise every 0.25-CPU preprocessing task tokenizes with one thread per
+    core and fights the actors). Under ``ray job submit`` the job's own runtime env already
+    applies to every worker and Ray refuses a driver env var that repeats one of its keys,
+    so the keys the user set at submission are left to the user; the rest are added, so a
+    submitted job's workers see what a local run's workers see. Credentials are never
+    included: they reach local workers by inheritance and cluster workers via instance roles.
+    """
+    environ = os.environ if environ is None else environ
+    env_vars = {k: environ[k] for k in _FORWARDED_ENV if k in environ}
+    env_vars.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if _JOB_RUNTIME_ENV in environ:
+        job_env = (json.loads(environ[_JOB_RUNTIME_ENV]).get("runtime_env") or {}).get("env_vars") or {}
+        env_vars = {k: v for k, v in env_vars.items() if k not in job_env}
+    return env_vars
+
+
 def init_ray(num_cpus: float | None = None, quiet: bool = True) -> None:
-    """Join ``RAY_ADDRESS`` or start a local cluster; a no-op if Ray is up already."""
+    """Join ``RAY_ADDRESS`` or start a local cluster; a no-op if Ray is up already.
+
+    ``quiet`` (unless ``--verbose``): Ray's INFO logs and the workers' output go to
+    Ray's log files, not this console (``pipelines.console``).
+    """
     if ray.is_initialized():
         return
-    env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
-    env_vars.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from pipelines.console import quiet_ray_logs, verbose
+
+    quiet = quiet and not verbose()
+    if quiet:
+        quiet_ray_logs()
     address = os.environ.get("RAY_ADDRESS")
-    kwargs: dict = {"log_to_driver": True}
-    # Under `ray job submit` the job's runtime env (working_dir, env_vars) already
-    # applies to every worker, and Ray refuses a driver runtime env that overlaps it.
-    if _JOB_RUNTIME_ENV not in os.environ:
-        kwargs["runtime_env"] = {"env_vars": env_vars}
+    kwargs: dict = {"log_to_driver": not quiet, "runtime_env": {"env_vars": worker_env_vars()}}
     if quiet:
         kwargs["logging_level"] = logging.WARNING
     if address:

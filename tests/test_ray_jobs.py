@@ -28,10 +28,12 @@ def client(ray_head):
     return JobSubmissionClient(ray_head["dashboard"])
 
 
-def _run_job(client, entrypoint: str, timeout_s: float = 600) -> str:
+def _run_job(client, entrypoint: str, timeout_s: float = 600, env_vars: dict | None = None) -> str:
     from ray.job_submission import JobStatus
 
-    runtime_env = {"working_dir": str(ROOT), "excludes": EXCLUDES, "env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
+    if env_vars is None:
+        env_vars = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    runtime_env = {"working_dir": str(ROOT), "excludes": EXCLUDES, "env_vars": env_vars}
     deadline = time.time() + timeout_s
     while True:  # a freshly started head's job agent takes a few seconds to come up
         try:
@@ -77,3 +79,38 @@ def test_train_then_tag_through_the_job_server(client, ray_cluster, tiny_dirs, s
     manifest = json.loads(fs.cat(f"{bucket}/tagged/_manifest.json"))
     assert manifest["rows_read"] == manifest["rows_written"] == 30
     assert "tagged 30 rows" in logs
+
+
+# What a task of a submitted job reports: the env vars of its runtime environment.
+_SHOW_WORKER_ENV = (
+    "import json, ray; from pipelines.ray_env import init_ray; init_ray(); "
+    "env = ray.get(ray.remote(num_cpus=0.1)(lambda: dict(ray.get_runtime_context().runtime_env.get('env_vars') or {})).remote()); "
+    "print('worker env:', json.dumps(env))"
+)
+
+
+def test_submitted_jobs_give_workers_the_local_environment_but_no_credentials(client, ray_cluster):
+    # The user sets nothing at submission; the driver (on the head) has HF_HUB_OFFLINE,
+    # the S3 endpoint and S3 credentials in its environment, as a cluster node would.
+    logs = _run_job(client, f'python -c "{_SHOW_WORKER_ENV}"', env_vars={})
+    env = json.loads(next(line for line in logs.splitlines() if line.startswith("worker env: "))[len("worker env: ") :])
+    assert env["TOKENIZERS_PARALLELISM"] == "false" and env["HF_HUB_OFFLINE"] == "1"
+    assert env["AWS_ENDPOINT_URL"] == os.environ["AWS_ENDPOINT_URL"]
+    assert not [k for k in env if "SECRET" in k or "ACCESS_KEY" in k or k.endswith("_TOKEN")]
+
+
+def test_settings_made_at_submission_are_left_to_the_user():
+    from ray.runtime_env.runtime_env import _merge_runtime_env
+
+    from pipelines.ray_env import worker_env_vars
+
+    job = {"runtime_env": {"working_dir": ".", "env_vars": {"TOKENIZERS_PARALLELISM": "true"}}}
+    environ = {
+        "RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(job), "TOKENIZERS_PARALLELISM": "true", "HF_HUB_OFFLINE": "1",
+        "AWS_ENDPOINT_URL": "http://s3.local", "AWS_ACCESS_KEY_ID": "AKIA...", "AWS_SECRET_ACCESS_KEY": "secret",
+    }  # fmt: skip
+    env_vars = worker_env_vars(environ)
+    assert env_vars == {"HF_HUB_OFFLINE": "1", "AWS_ENDPOINT_URL": "http://s3.local"}
+    # Ray accepts it next to the job's runtime env (it refuses a driver env var the job also sets)
+    assert _merge_runtime_env(job["runtime_env"], {"env_vars": env_vars})["env_vars"]["TOKENIZERS_PARALLELISM"] == "true"
+    assert worker_env_vars({})["TOKENIZERS_PARALLELISM"] == "false"
