@@ -32,6 +32,7 @@ from ner_core.alignment import Window, encode_batch
 from ner_core.documents import BadRow, Document, document_from_text, document_from_tokens
 from ner_core.precision import autocast_dtype, check_mixed_precision
 from ner_core.spans import extract_spans
+from pipelines.cluster import parse_resources, require_reachable
 from pipelines.storage import expand_inputs
 from pipelines.tag_input import ERROR, INTERNAL_PREFIX, RAW, ROW, SRC, TaggingInput
 from pipelines.tag_store import OutputStore, Piece, jsonl_bytes, parquet_bytes, source_key
@@ -71,6 +72,9 @@ class TagConfig:
     cpus_per_actor: float = field(default=1.0, metadata=_help("CPUs reserved per actor (fractional allowed; keep some free for reading)"))
     gpus_per_actor: float = field(default=0.0, metadata=_help("GPUs per actor; fractional to share a GPU between actors"))
     cpus_per_task: float = field(default=0.25, metadata=_help("CPUs per read/preprocess/write task; differs from --cpus-per-actor so preprocessing is not fused into the actors"))
+    actor_resources: str | dict[str, float] | None = field(default=None, metadata=_help("custom Ray resources per actor, NAME=AMOUNT[,...] (e.g. gpu_node=1): pins actors to the node types that declare them"))
+    task_resources: str | dict[str, float] | None = field(default=None, metadata=_help("custom Ray resources per read/preprocess/write task, NAME=AMOUNT[,...]"))
+    output_shared: bool = field(default=False, metadata=_help("the local --output is a shared mount (NFS, EFS) that every node sees at the same path; needed for a local --output on a cluster of several nodes"))
     torch_threads: int | None = field(default=None, metadata=_help("torch threads per actor (default: its CPUs, at least 1)"))
     max_length: int = field(default=256, metadata=_help("subword window length (at most the model's maximum)"))
     stride: int = field(default=64, metadata=_help("subword overlap between windows of long documents"))
@@ -97,6 +101,8 @@ class TagConfig:
         if self.cpus_per_actor < 0 or self.gpus_per_actor < 0:
             raise ValueError("--cpus-per-actor and --gpus-per-actor must be >= 0")
         self.actor_range()
+        parse_resources(self.actor_resources)
+        parse_resources(self.task_resources)
 
     def actor_range(self) -> tuple[int, int]:
         """``"2"`` -> (2, 2); ``"1-4"`` -> (1, 4)."""
@@ -389,6 +395,11 @@ def _check_job_settings(store: OutputStore, cfg: TagConfig, settings: dict) -> N
         )
 
 
+def _resources_arg(spec) -> dict:
+    resources = parse_resources(spec)
+    return {"resources": resources} if resources else {}
+
+
 def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
     """Tag every input file not yet committed in ``cfg.output``; returns the manifest."""
     import ray
@@ -396,6 +407,16 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
 
     if not cfg.model or not cfg.input or not cfg.output:
         raise TagRunError("--model, --input and --output are required")
+    # Read and write tasks put staging pieces and _expected.json under --output from any node
+    # and the driver commits from its own listing, so every node must see the same folder.
+    require_reachable(
+        cfg.output,
+        shared=cfg.output_shared,
+        needs={"CPU": cfg.cpus_per_task, "GPU": cfg.gpus_per_actor, **parse_resources(cfg.task_resources), **parse_resources(cfg.actor_resources)},
+        describe=f"--output {cfg.output}",
+        what="tagging tasks",
+        fix="use an s3:// --output, or --output-shared true if it is a mount every node shares",
+    )
     started = time.time()
     model_info = _check_model(cfg.model)
     paths = expand_inputs(cfg.input, tuple(_EXTENSIONS))
@@ -430,7 +451,7 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
         # blocks into many small ones and then cannot fuse preprocessing into the read;
         # on 2 cores that cost ~12% of the run (123 s -> 110 s for 50k rows in 5 files).
         read_kwargs = {"override_num_blocks": cfg.read_tasks or len(pending)}
-        task_args = {"num_cpus": cfg.cpus_per_task}
+        task_args = {"num_cpus": cfg.cpus_per_task, **_resources_arg(cfg.task_resources)}
         ds = ray.data.read_datasource(TaggingInput(pending, fmt, cfg.output, cfg.rows_per_block, cfg.tokens_column or cfg.text_column, bool(cfg.tokens_column)), **task_args, **read_kwargs)
         ds = ds.map_batches(
             preprocess,
@@ -455,6 +476,7 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
             compute=ActorPoolStrategy(min_size=lo, max_size=hi),
             num_cpus=cfg.cpus_per_actor,
             num_gpus=cfg.gpus_per_actor,
+            **_resources_arg(cfg.actor_resources),
         )
         stop = threading.Event()
         committer = threading.Thread(target=_commit_loop, args=(store, stop, cfg.commit_every_s), daemon=True)

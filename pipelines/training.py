@@ -40,7 +40,9 @@ from ner_core.metrics import evaluate_tags
 from ner_core.model import is_token_classification_config
 from ner_core.precision import autocast_dtype, check_mixed_precision
 from ner_core.tagger import ARCHS, build_tagger, load_tokenizer, resolve_model_path, save_tagger
+from pipelines.cluster import parse_resources, require_reachable
 from pipelines.labelled_data import collect_labels, encode_for_training, read_labelled
+from pipelines.storage import arrow_filesystem, fsspec_filesystem, is_s3, strip_scheme
 
 RUN_NAME = "train"
 STATE_FILE = "train_state.pt"
@@ -56,7 +58,9 @@ class TrainConfig:
 
     train: str | None = field(default=None, metadata=_help("labelled training data: CoNLL file(s), Parquet or JSONL with tokens/tags; local or s3://"))
     dev: str | None = field(default=None, metadata=_help("labelled dev data for per-epoch evaluation and model selection"))
-    output: str = field(default="outputs/train", metadata=_help("output directory (local): final model, tokenizer, labels.json, metrics.json"))
+    output: str = field(default="outputs/train", metadata=_help("output directory, local or s3://: final model, tokenizer, labels.json, metrics.json"))
+    storage: str | None = field(default=None, metadata=_help("this run's checkpoints and Ray Train run directory: s3://... or a folder every node mounts (default: <output>/_ray; on a cluster of several nodes it must be s3:// or shared)"))
+    storage_shared: bool = field(default=False, metadata=_help("the local --storage path is a shared mount (NFS, EFS) that every node sees at the same path"))
     arch: str = field(default="encoder-decoder", metadata=_help("encoder-decoder | encoder"))
     encoder: str = field(default="minilm", metadata=_help("encoder name or directory ('minilm' = the packaged all-MiniLM-L6-v2)"))
     decoder: str | None = field(default=None, metadata=_help("decoder name or directory for encoder-decoder (default: the encoder)"))
@@ -78,6 +82,7 @@ class TrainConfig:
     num_workers: int = field(default=2, metadata=_help("Ray Train workers (data-parallel)"))
     use_gpu: bool = False
     cpus_per_worker: float = field(default=0.5, metadata=_help("CPUs reserved per worker; fractional so workers and Ray Data tasks fit together"))
+    worker_resources: str | dict[str, float] | None = field(default=None, metadata=_help("custom Ray resources per worker, NAME=AMOUNT[,...] (e.g. gpu_node=1): pins workers to the node types that declare them"))
     torch_threads: int = field(default=1, metadata=_help("torch intra-op threads per worker"))
     mixed_precision: str = field(default="auto", metadata=_help("auto (bf16/fp16 on GPU, fp32 on CPU) | bf16 (GPU or CPU) | fp16 (GPU) | none"))
     seed: int = 42
@@ -100,10 +105,23 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.cpus_per_worker <= 0:
             raise ValueError("cpus_per_worker must be > 0")
+        parse_resources(self.worker_resources)
 
     @property
     def run_dir(self) -> str:
+        """Where Ray Train keeps this run (checkpoints, its state): ``--storage``, else ``<output>/_ray``.
+
+        Checkpoints are uploaded by the workers, wherever Ray placed them, so on a
+        cluster of several nodes this must be storage every node reaches.
+        """
+        if self.storage:
+            return self.storage.rstrip("/") if is_s3(self.storage) else os.path.abspath(self.storage)
+        if is_s3(self.output):
+            return self.output.rstrip("/") + "/_ray"
         return os.path.join(os.path.abspath(self.output), "_ray")
+
+    def resources_per_worker(self) -> dict[str, float]:
+        return {"CPU": self.cpus_per_worker, **({"GPU": 1} if self.use_gpu else {}), **parse_resources(self.worker_resources)}
 
 
 # ----------------------------------------------------------------- worker side
@@ -303,16 +321,40 @@ def _labels_for(cfg: TrainConfig, train_ds) -> LabelMap:
     return found
 
 
+def _storage_args(run_dir: str) -> dict:
+    """RunConfig's storage for ``run_dir``: S3 through the same s3fs as all other I/O
+    (so ``AWS_ENDPOINT_URL`` applies to checkpoints too), a local/shared path as is."""
+    if is_s3(run_dir):
+        return {"storage_path": strip_scheme(run_dir), "storage_filesystem": arrow_filesystem(run_dir)}
+    return {"storage_path": run_dir}
+
+
+def _run_exists(run_dir: str) -> bool:
+    if is_s3(run_dir):
+        fs = fsspec_filesystem(run_dir)
+        fs.invalidate_cache()  # a run started in this process may have written since the last listing
+        return bool(fs.exists(f"{strip_scheme(run_dir)}/{RUN_NAME}"))
+    return os.path.exists(os.path.join(run_dir, RUN_NAME))
+
+
 def run_training(cfg: TrainConfig) -> dict:
     """Train, select the best epoch by dev F1, write the output directory; returns the summary."""
     started = time.perf_counter()
     if not cfg.train:
         raise ValueError("no training data: set --train")
-    run_path = os.path.join(cfg.run_dir, RUN_NAME)
-    if os.path.exists(run_path) and not cfg.resume:
-        raise FileExistsError(f"{cfg.output} holds an earlier run: pass --resume to continue it, or choose another --output")
-    if cfg.resume and not os.path.exists(run_path):
-        raise FileNotFoundError(f"--resume: no earlier run in {cfg.output}")
+    require_reachable(
+        cfg.run_dir,
+        shared=cfg.storage_shared,
+        needs=cfg.resources_per_worker(),
+        describe=f"--storage {cfg.run_dir}" if cfg.storage else f"the run directory {cfg.run_dir} (default: under --output)",
+        what="training workers",
+        fix="pass --storage s3://... (or an s3:// --output), or --storage-shared true if it is a mount every node shares",
+    )
+    where = cfg.storage or cfg.output
+    if _run_exists(cfg.run_dir) and not cfg.resume:
+        raise FileExistsError(f"{where} holds an earlier run: pass --resume to continue it, or choose another {'--storage' if cfg.storage else '--output'}")
+    if cfg.resume and not _run_exists(cfg.run_dir):
+        raise FileNotFoundError(f"--resume: no earlier run in {where}")
 
     train_ds = read_labelled(cfg.train, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column).materialize()
     labels = _labels_for(cfg, train_ds)
@@ -330,12 +372,12 @@ def run_training(cfg: TrainConfig) -> dict:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": dataclasses.asdict(cfg), "labels": list(labels.labels), "has_dev": bool(cfg.dev)},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=cfg.resources_per_worker()),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=[]),
         run_config=RunConfig(
             name=RUN_NAME,
-            storage_path=cfg.run_dir,
+            **_storage_args(cfg.run_dir),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep, checkpoint_score_attribute="score", checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
         ),
@@ -351,15 +393,30 @@ def _write_output(cfg: TrainConfig, result, labels: LabelMap, wall_time: float) 
     with result.checkpoint.as_directory() as latest:
         state = torch.load(os.path.join(latest, STATE_FILE), map_location="cpu", weights_only=True)
     history = json.loads(state["history"])
-    with best_ckpt.as_directory() as best_dir:
-        for name in os.listdir(best_dir):
-            if name != STATE_FILE:
-                shutil.copy2(os.path.join(best_dir, name), os.path.join(cfg.output, name))
-    with open(os.path.join(cfg.output, "labels.json"), "w") as fh:
-        json.dump(list(labels.labels), fh, indent=1)
+    with contextlib.ExitStack() as stack:
+        # s3:// output: assembled in a local folder, then uploaded file by file
+        out_dir = stack.enter_context(tempfile.TemporaryDirectory()) if is_s3(cfg.output) else cfg.output
+        os.makedirs(out_dir, exist_ok=True)
+        with best_ckpt.as_directory() as best_dir:
+            for name in os.listdir(best_dir):
+                if name != STATE_FILE:
+                    shutil.copy2(os.path.join(best_dir, name), os.path.join(out_dir, name))
+        with open(os.path.join(out_dir, "labels.json"), "w") as fh:
+            json.dump(list(labels.labels), fh, indent=1)
+        summary = _summary(cfg, history, best_metrics, labels, wall_time)
+        with open(os.path.join(out_dir, "metrics.json"), "w") as fh:
+            json.dump(summary, fh, indent=1)
+        if is_s3(cfg.output):
+            fs, dest = fsspec_filesystem(cfg.output), strip_scheme(cfg.output).rstrip("/")
+            for name in sorted(os.listdir(out_dir), key=lambda n: n == "metrics.json"):  # metrics.json last: "done"
+                fs.put_file(os.path.join(out_dir, name), f"{dest}/{name}")
+    return summary
+
+
+def _summary(cfg: TrainConfig, history: list[dict], best_metrics: dict, labels: LabelMap, wall_time: float) -> dict:
     train_tokens = sum(h["train_tokens"] for h in history)
     train_time = sum(h["train_time_s"] for h in history)
-    summary = {
+    return {
         "best_epoch": best_metrics["epoch"],
         "best_dev_f1": best_metrics["dev_f1"] if cfg.dev else None,
         "epochs": history,
@@ -369,6 +426,3 @@ def _write_output(cfg: TrainConfig, result, labels: LabelMap, wall_time: float) 
         "labels": list(labels.labels),
         "config": dataclasses.asdict(cfg),
     }
-    with open(os.path.join(cfg.output, "metrics.json"), "w") as fh:
-        json.dump(summary, fh, indent=1)
-    return summary
