@@ -50,6 +50,7 @@ def _parse_bool(text: str) -> bool:
 def build_parser(cls: type, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", help="YAML file of settings; flags override it")
+    parser.add_argument("--verbose", action="store_true", help="also print Ray's own logs and the Ray workers' output (default: in Ray's log files)")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.metadata.get("cli") is False:
@@ -86,6 +87,9 @@ def config_from_args(cls: type[T], argv: list[str] | None, description: str) -> 
     """Defaults < YAML (--config) < flags. Unknown YAML keys are an error, not ignored."""
     parser = build_parser(cls, description)
     args = parser.parse_args(argv)
+    from pipelines.console import set_verbose
+
+    set_verbose(args.verbose)
     values: dict[str, Any] = {}
     names = {f.name for f in dataclasses.fields(cls)}
     if args.config:

@@ -1,4 +1,8 @@
-"""``python -m jobs.evaluate --model DIR --data PATH [--json OUT]``: seqeval report."""
+"""``python -m jobs.evaluate`` / ``ray-ner evaluate --model DIR --data PATH [--json OUT] [--report DIR]``.
+
+Prints the seqeval table; ``--report DIR`` also writes ``DIR/report.html`` (per-type
+table and confusion matrix of entity types), as training does for its dev set.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,16 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.errors import explain
     from ner_core.metrics import format_report
     from pipelines.evaluation import run_evaluation
+    from pipelines.job_console import evaluation_plan, evaluation_summary
+    from pipelines.console import echo
     from pipelines.ray_env import init_ray
 
     with explain():
         init_ray()
+        evaluation_plan(cfg)
         metrics = run_evaluation(cfg)
-    print(format_report(metrics))
+    echo(format_report(metrics))
+    evaluation_summary(metrics, metrics.get("report"), cfg.json)
     return 0
 
 

@@ -7,7 +7,7 @@ made. Pure torch + tokenizer; no Ray.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -50,14 +50,19 @@ class WordTagger:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
-    def predict_ids(self, docs: Sequence[Sequence[str]]) -> list[list[int]]:
+    def predict_ids(self, docs: Sequence[Sequence[str]], on_batch: Callable[[int, int], None] | None = None) -> list[list[int]]:
         """Label ids per word for each document."""
         s = self.settings
         per_doc = encode_batch(self.tokenizer, docs, max_length=s.max_length, stride=s.stride)
-        return self.predict_windows(per_doc, [len(d) for d in docs])
+        return self.predict_windows(per_doc, [len(d) for d in docs], on_batch)
 
-    def predict_windows(self, per_doc: Sequence[Sequence[Window]], num_words: Sequence[int]) -> list[list[int]]:
-        """Label ids per word from already-encoded windows (the bulk tagger encodes in other processes)."""
+    def predict_windows(
+        self, per_doc: Sequence[Sequence[Window]], num_words: Sequence[int], on_batch: Callable[[int, int], None] | None = None
+    ) -> list[list[int]]:
+        """Label ids per word from already-encoded windows (the bulk tagger encodes in other processes).
+
+        ``on_batch(windows_done, windows_total)`` is called after each forward pass (progress).
+        """
         s = self.settings
         flat: list[Window] = [win for wins in per_doc for win in wins]
         order = sorted(range(len(flat)), key=lambda i: len(flat[i].input_ids))
@@ -73,6 +78,8 @@ class WordTagger:
                 best = logits.argmax(-1).tolist()
                 for row, i in zip(best, idx):
                     preds[i] = row
+                if on_batch is not None:
+                    on_batch(start + len(idx), len(order))
         out: list[list[int]] = []
         cursor = 0
         for wins, n in zip(per_doc, num_words):
@@ -81,6 +88,6 @@ class WordTagger:
             out.append(merge_window_predictions(wins, window_preds, n))
         return out
 
-    def predict(self, docs: Sequence[Sequence[str]]) -> list[list[str]]:
+    def predict(self, docs: Sequence[Sequence[str]], on_batch: Callable[[int, int], None] | None = None) -> list[list[str]]:
         """IOB2 labels per word for each document (always a valid IOB2 sequence)."""
-        return [repair(self.labels.decode(ids), "IOB2") for ids in self.predict_ids(docs)]
+        return [repair(self.labels.decode(ids), "IOB2") for ids in self.predict_ids(docs, on_batch)]

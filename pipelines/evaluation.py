@@ -16,7 +16,9 @@ from ner_core.inference import InferenceSettings, WordTagger
 from ner_core.labels import SCHEMES
 from ner_core.metrics import evaluate_tags
 from ner_core.precision import autocast_dtype, check_mixed_precision
+from ner_core.report import evaluation_report, write_report
 from ner_core.tagger import load_tagger, load_tokenizer, resolve_model_path
+from pipelines.console import Stage
 from pipelines.labelled_data import read_labelled
 
 
@@ -25,6 +27,7 @@ class EvaluateConfig:
     model: str | None = field(default=None, metadata={"help": "trained model directory"})
     data: str | None = field(default=None, metadata={"help": "labelled data: CoNLL, Parquet or JSONL (tokens/tags); local or s3://"})
     json: str | None = field(default=None, metadata={"help": "also write the metrics to this JSON file"})
+    report: str | None = field(default=None, metadata={"help": "also write report.html (per-type table, confusion matrix of entity types) into this folder"})
     scheme: str = field(default="IOB2", metadata={"help": "tag scheme of the data: IOB1 | IOB2 | IOBES"})
     repair_invalid: bool = False
     token_column: int = 0
@@ -66,9 +69,15 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     rows = read_labelled(cfg.data, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column).take_all()
     rows.sort(key=lambda r: (r["source"], r["line"]))
     dtype = autocast_dtype(cfg.mixed_precision, next(model.parameters()).device.type)
-    pred = WordTagger(model, tokenizer, settings, autocast_dtype=dtype).predict([list(r["tokens"]) for r in rows])
+    stage = Stage(f"predicting {len(rows):,} sentences", unit="windows")
+    pred = WordTagger(model, tokenizer, settings, autocast_dtype=dtype).predict(
+        [list(r["tokens"]) for r in rows], on_batch=lambda done, total: stage.update(done, total=total)
+    )
+    stage.finish()
     metrics = evaluate_tags([list(r["tags"]) for r in rows], pred, scheme="IOB2", mode="strict")
     metrics["model"], metrics["data"] = cfg.model, cfg.data
+    if cfg.report:
+        metrics["report"] = write_report(cfg.report, evaluation_report(metrics))
     if cfg.json:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.json)), exist_ok=True)
         with open(cfg.json, "w") as fh:

@@ -1,0 +1,262 @@
+"""Each job's plan, live progress and summary, in the words of that job.
+
+``pipelines.console`` knows how to draw; this module knows what a training,
+tagging or evaluation run should say: the plan before any work, the stage
+lines while it runs, and the summary with every path a user needs next.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+from pipelines.console import Stage, echo, format_duration, print_plan, print_summary
+from pipelines.progress import Follower
+
+
+def cluster_line() -> str:
+    """``local Ray, 2 CPUs`` or ``Ray cluster at ADDR, 3 nodes, 48 CPUs, 4 GPUs``."""
+    res = ray.cluster_resources()
+    cpus, gpus = res.get("CPU", 0), res.get("GPU", 0)
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    where = f"Ray cluster at {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS") else "local Ray"
+    parts = [where]
+    if nodes > 1:
+        parts.append(f"{nodes} nodes")
+    parts.append(f"{cpus:g} CPUs")
+    if gpus:
+        parts.append(f"{gpus:g} GPUs")
+    return ", ".join(parts)
+
+
+def ray_logs_hint() -> str:
+    node = ray._private.worker._global_node  # noqa: SLF001 - the one place Ray exposes the session dir
+    logs = os.path.join(node.get_session_dir_path(), "logs") if node is not None else "/tmp/ray/session_latest/logs"
+    return f"Ray's own logs: {logs} (or run with --verbose)"
+
+
+# --- training ----------------------------------------------------------------------------
+
+
+def training_plan(cfg) -> None:
+    model = f"{cfg.arch} tagger, encoder {cfg.encoder}" + (f", decoder {cfg.decoder or cfg.encoder}" if cfg.arch == "encoder-decoder" else "")
+    device = f"{cfg.num_workers} worker(s) x {cfg.cpus_per_worker:g} CPU" + (" + 1 GPU" if cfg.use_gpu else "")
+    print_plan(
+        f"ray-ner train: {model}",
+        [
+            ("data", f"train {cfg.train}; dev {cfg.dev or 'none (keeps the lowest training loss)'} ({cfg.scheme})"),
+            ("schedule", f"{cfg.epochs} epochs, batch {cfg.batch_size} per worker, lr {cfg.lr:g}, max length {cfg.max_length}" + (", case markers" if cfg.case_markers else "")),
+            ("resources", f"{device}; {cluster_line()}"),
+            ("output", cfg.output),
+        ],
+    )
+
+
+def tensorboard_dir(output: str) -> str | None:
+    """``<output>/tensorboard`` for a local output, written live by the driver; none for s3:// outputs."""
+    from pipelines.storage import is_s3
+
+    return None if is_s3(output) else os.path.join(os.path.abspath(output), "tensorboard")
+
+
+class TrainingMonitor:
+    """Draws rank 0's progress (one line per epoch) and writes it to TensorBoard as it arrives.
+
+    Used as a context manager around ``trainer.fit()``; ``board`` goes into the
+    train loop's config so rank 0 can report to it (``pipelines.progress.Reporter``).
+    """
+
+    def __init__(self, epochs: int, tensorboard_dir: str | None):
+        self.epochs = epochs
+        self.tensorboard_dir = tensorboard_dir
+        self.writer = None
+        if tensorboard_dir:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(tensorboard_dir, flush_secs=5)
+        self.stage: Stage | None = Stage("starting Ray Train workers", unit=None)
+        self.epoch: int | None = None
+        self.follower = Follower(self._on_events)
+
+    @property
+    def board(self):
+        return self.follower.board
+
+    def __enter__(self) -> "TrainingMonitor":
+        self.follower.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.follower.__exit__(*exc)
+        if self.stage is not None:
+            self.stage.finish()
+        if self.writer is not None:
+            self.writer.close()
+
+    def _on_events(self, events: list[dict], counts: dict) -> None:
+        if not events and self.stage is not None:
+            self.stage.update()  # the elapsed time moves on while workers start or dev is evaluated
+        for e in events:
+            if e["kind"] == "step":
+                self._step(e)
+            elif e["kind"] == "epoch":
+                self._epoch(e)
+
+    def _step(self, e: dict) -> None:
+        if self.epoch != e["epoch"]:
+            if self.stage is not None:
+                self.stage.finish()
+            self.epoch = e["epoch"]
+            self.stage = Stage(f"epoch {e['epoch'] + 1}/{self.epochs}", total=e["batches"], unit="batches")
+        self.stage.update(e["batch"], note=f"loss {e['loss']:.4f}  {e['tokens_per_s']:,.0f} tokens/s")
+        if self.writer is not None:
+            step = e["epoch"] * e["batches"] + e["batch"]
+            self.writer.add_scalar("train/loss", e["recent_loss"], step)
+            self.writer.add_scalar("train/tokens_per_s_rank0", e["tokens_per_s"], step)
+
+    def _epoch(self, m: dict) -> None:
+        if self.stage is not None:
+            self.stage.finish(note=f"loss {m['train_loss']:.4f}  {m['tokens_per_s']:,.0f} tokens/s")
+            self.stage = None
+        if "dev_f1" in m:
+            echo(f"  dev: F1 {m['dev_f1']:.4f}  precision {m['dev_precision']:.4f}  recall {m['dev_recall']:.4f}  (evaluated in {m.get('eval_time_s', 0):.0f}s)")
+        if self.writer is not None:
+            epoch = m["epoch"] + 1
+            self.writer.add_scalar("epoch/train_loss", m["train_loss"], epoch)
+            for k in ("f1", "precision", "recall"):
+                if f"dev_{k}" in m:
+                    self.writer.add_scalar(f"dev/{k}", m[f"dev_{k}"], epoch)
+            for name, t in (m.get("dev_per_type") or {}).items():
+                self.writer.add_scalar(f"dev_f1_per_type/{name}", t["f1"], epoch)
+            self.writer.flush()
+        if m["epoch"] + 1 < self.epochs:
+            self.stage = Stage(f"epoch {m['epoch'] + 2}/{self.epochs}", unit=None)
+
+
+def training_summary(cfg, summary: dict, tensorboard_dir: str | None) -> None:
+    best = summary.get("best_dev_f1")
+    head = f"best dev F1 {best:.4f} at epoch {summary['best_epoch'] + 1} of {len(summary['epochs'])}" if best is not None else "no dev set"
+    out = cfg.output.rstrip("/")
+    items = [
+        ("model", f"{out}  (safetensors + tokenizer, labels.json, metrics.json)"),
+        ("report", f"{out}/report.html  (curves, per-type table, confusion matrix)"),
+    ]
+    if tensorboard_dir:
+        items.append(("tensorboard", f"tensorboard --logdir {tensorboard_dir}"))
+    items.append(("next", f"ray-ner evaluate --model {out} --data DEV --report DIR;  ray-ner tag --model {out} --input IN --output OUT"))
+    print_summary(
+        f"trained in {format_duration(summary['wall_time_s'])}: {head}; {summary['train_tokens_per_s']:,.0f} tokens/s",
+        items,
+    )
+
+
+# --- tagging -----------------------------------------------------------------------------
+
+
+def estimate_rows(paths: list[str], fmt: str, sample_bytes: int = 1 << 20) -> int | None:
+    """Rows in the input, for the progress line's total: exact for Parquet (footers), estimated for
+    JSONL from the line length of each file's first MB. None for s3://, gzip or over 200 files
+    (not worth a request per file before the job starts)."""
+    from pipelines.storage import is_s3
+
+    if not paths or len(paths) > 200 or any(is_s3(p) or p.endswith(".gz") for p in paths):
+        return None
+    total = 0
+    try:
+        for path in paths:
+            if fmt == "parquet":
+                import pyarrow.parquet as pq
+
+                total += pq.ParquetFile(path).metadata.num_rows
+                continue
+            size = os.path.getsize(path)
+            with open(path, "rb") as fh:
+                head = fh.read(sample_bytes)
+            lines = head.count(b"\n")
+            total += lines if len(head) >= size else round(size * lines / max(len(head), 1))
+    except (OSError, ValueError):
+        return None
+    return total
+
+
+def tagging_plan(cfg, files: int, done_files: int, fmt: str, total_rows: int | None) -> None:
+    lo, hi = cfg.actor_range()
+    actors = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    per = f"{cfg.cpus_per_actor:g} CPU" + (f" + {cfg.gpus_per_actor:g} GPU" if cfg.gpus_per_actor else "")
+    rows = f", ~{total_rows:,} rows to tag" if total_rows else ""
+    done = f", {done_files} already done (resuming)" if done_files else ""
+    print_plan(
+        f"ray-ner tag: {cfg.model}",
+        [
+            ("input", f"{cfg.input} ({files} {fmt} file{'s' if files != 1 else ''}{done}{rows}; column {cfg.tokens_column or cfg.text_column})"),
+            ("resources", f"{actors} tagging actor(s) x {per}, reading tasks {cfg.cpus_per_task:g} CPU; {cluster_line()}"),
+            ("output", f"{cfg.output} ({cfg.output_format})"),
+        ],
+    )
+
+
+class TaggingMonitor:
+    """The tagging stage's progress line, fed by the actors' row counts (``TagActor(progress=board)``)."""
+
+    def __init__(self, total_rows: int | None, show: bool = True):
+        self.show = show
+        self.stage = Stage("tagging", total=total_rows, unit="rows") if show else None
+        self.follower = Follower(self._on_events)
+
+    @property
+    def board(self):
+        return self.follower.board
+
+    def _on_events(self, events: list[dict], counts: dict) -> None:
+        if self.stage is not None:
+            done = counts.get("rows", 0)
+            total = self.stage.total
+            self.stage.update(done, total=max(total, done) if total else None)
+
+    def __enter__(self) -> "TaggingMonitor":
+        self.follower.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.follower.__exit__(*exc)
+        if self.stage is not None:
+            if exc[0] is None:
+                self.stage.total = self.stage.done  # the estimate, replaced by what was read
+            self.stage.finish()
+
+
+def tagging_summary(manifest: dict, output: str) -> None:
+    run = manifest["this_run"]
+    out = output.rstrip("/")
+    rate = f"{run['words_per_s']:,.0f} words/s" if run.get("words_per_s") else "nothing new to tag"
+    failed = manifest["rows_failed"]
+    print_summary(
+        f"tagged {manifest['rows_written']:,} rows, {failed:,} failed, of {manifest['rows_read']:,} read from {manifest['files']} file(s); "
+        f"this run {format_duration(run['seconds'])}, {rate}",
+        [
+            ("output", f"{out}  (input columns + tokens, labels, entities)"),
+            ("errors", f"{out}/_errors/  ({failed:,} rows with reasons)" if failed else f"{out}/_errors/  (none)"),
+            ("manifest", f"{out}/_manifest.json"),
+        ],
+    )
+
+
+# --- evaluation --------------------------------------------------------------------------
+
+
+def evaluation_plan(cfg) -> None:
+    print_plan(f"ray-ner evaluate: {cfg.model}", [("data", f"{cfg.data} ({cfg.scheme})"), ("resources", cluster_line())])
+
+
+def evaluation_summary(metrics: dict, report_path: str | None, json_path: str | None) -> None:
+    items = []
+    if report_path:
+        items.append(("report", report_path))
+    if json_path:
+        items.append(("metrics", json_path))
+    print_summary(
+        f"F1 {metrics['f1']:.4f}  precision {metrics['precision']:.4f}  recall {metrics['recall']:.4f}  "
+        f"over {metrics['support']:,} entities in {metrics['num_sentences']:,} sentences",
+        items,
+    )
