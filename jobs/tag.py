@@ -1,4 +1,8 @@
-"""``python -m jobs.tag --model DIR --input IN --output OUT``: bulk tagging on Ray Data."""
+"""``python -m jobs.tag`` / ``ray-ner tag --model DIR --input IN --output OUT``: bulk tagging on Ray Data.
+
+Prints the plan, a live line of rows tagged, and a summary with the output, errors
+and manifest paths (the summary's counts are the manifest's).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,14 @@ from pipelines.tagging import TagConfig
 def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(TagConfig, argv, "Tag Parquet/JSONL corpora with a trained tagger; per-token IOB labels and entity spans.")
     from jobs.errors import explain
+    from pipelines.job_console import tagging_summary
     from pipelines.ray_env import init_ray
-    from pipelines.tagging import run_tagging, summary_line
+    from pipelines.tagging import run_tagging
 
     with explain():
         init_ray()
         manifest = run_tagging(cfg)
-    print(summary_line(manifest, cfg.output))
+    tagging_summary(manifest, cfg.output)
     return 0
 
 

@@ -33,6 +33,8 @@ from ner_core.documents import BadRow, Document, document_from_text, document_fr
 from ner_core.precision import autocast_dtype, check_mixed_precision
 from ner_core.spans import extract_spans
 from pipelines.cluster import parse_resources, require_reachable
+from pipelines.console import verbose
+from pipelines.job_console import TaggingMonitor, estimate_rows, tagging_plan
 from pipelines.storage import expand_inputs
 from pipelines.tag_input import ERROR, INTERNAL_PREFIX, RAW, ROW, SRC, TaggingInput
 from pipelines.tag_store import OutputStore, Piece, jsonl_bytes, parquet_bytes, source_key
@@ -222,8 +224,10 @@ def preprocess(batch: pa.Table, *, model: str, text_column: str, tokens_column: 
 class TagActor:
     """Holds one model; tags the windows of a batch of rows in length-sorted forward passes."""
 
-    def __init__(self, model: str, window_batch_size: int, max_length: int, stride: int, use_gpu: bool, torch_threads: int, mixed_precision: str):
+    def __init__(self, model: str, window_batch_size: int, max_length: int, stride: int, use_gpu: bool, torch_threads: int, mixed_precision: str, progress=None):
         import torch
+
+        from pipelines.progress import Reporter
 
         from ner_core.inference import InferenceSettings, WordTagger
         from ner_core.tagger import load_tagger
@@ -234,12 +238,25 @@ class TagActor:
         dtype = autocast_dtype(mixed_precision, device)
         settings = InferenceSettings(max_length=max_length, stride=stride, batch_size=window_batch_size)
         self.tagger = WordTagger(load_tagger(path), _tokenizer(model), settings, device=device, autocast_dtype=dtype)
+        self.progress = Reporter(progress)  # rows tagged, for the driver's progress line
 
     def _windows(self, ids, words, spans) -> list[Window]:
         return [
             Window(list(i), [1] * len(i), [None if x < 0 else x for x in w], None, s[0], s[1])
             for i, w, s in zip(ids, words, spans)
         ]
+
+    def _count(self, rows: int):
+        """Progress within a call, as the share of its rows whose windows are done, sent at most twice a second."""
+        sent, last = [0], [time.monotonic()]
+
+        def on_batch(done: int, total: int) -> None:
+            if time.monotonic() - last[0] >= 0.5 or done == total:
+                n = rows * done // max(total, 1) - sent[0]
+                self.progress.add("rows", n)
+                sent[0], last[0] = sent[0] + n, time.monotonic()
+
+        return on_batch
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from ner_core.labels import repair
@@ -252,13 +269,14 @@ class TagActor:
         per_doc = {i: self._windows(cols["__win_ids"][i], cols["__win_words"][i], cols["__win_span"][i]) for i in good}
         ids: dict[int, list[int]] = {}
         try:
-            ids.update(zip(good, self.tagger.predict_windows([per_doc[i] for i in good], [len(tokens[i]) for i in good])))
+            ids.update(zip(good, self.tagger.predict_windows([per_doc[i] for i in good], [len(tokens[i]) for i in good], on_batch=self._count(len(good)))))
         except Exception:  # noqa: BLE001 - find the row that breaks the batch; the others still get tagged
             for i in good:
                 try:
                     ids[i] = self.tagger.predict_windows([per_doc[i]], [len(tokens[i])])[0]
                 except Exception as exc:  # noqa: BLE001
                     errors[i], raws[i] = f"tagging failed: {type(exc).__name__}: {exc}", _raw_row(batch, i)
+        self.progress.add("rows", batch.num_rows - len(good))  # rows that failed before the model
         texts = batch.column("__text").to_pylist()
         starts, ends = batch.column("__starts").to_pylist(), batch.column("__ends").to_pylist()
         labels: list[list[str] | None] = [None] * batch.num_rows
@@ -435,11 +453,14 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
     pending = [(p, k) for k, p in keys.items() if k not in done]
     store.discard_unfinished({k for _, k in pending})
     log.info("%d input files, %d already done, %d to tag", len(paths), len(paths) - len(pending), len(pending))
+    if progress:
+        tagging_plan(cfg, len(paths), len(paths) - len(pending), fmt, estimate_rows([p for p, _ in pending], fmt))
 
     sink = TaggedOutputSink(cfg.output, cfg.output_format, keys, cfg.id_column, cfg.rows_per_file)
     if pending:
         ctx = DataContext.get_current()
-        ctx.enable_progress_bars = progress
+        ctx.enable_progress_bars = progress and verbose()  # Ray Data's own bars; ours is TaggingMonitor's line
+        monitor = TaggingMonitor(estimate_rows([p for p, _ in pending], fmt), show=progress)
         lo, hi = cfg.actor_range()
         threads = cfg.torch_threads or max(1, int(cfg.cpus_per_actor))
         use_gpu = cfg.gpus_per_actor > 0
@@ -472,6 +493,7 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
                 "use_gpu": use_gpu,
                 "torch_threads": threads,
                 "mixed_precision": cfg.mixed_precision,
+                "progress": monitor.board,
             },
             compute=ActorPoolStrategy(min_size=lo, max_size=hi),
             num_cpus=cfg.cpus_per_actor,
@@ -482,7 +504,8 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
         committer = threading.Thread(target=_commit_loop, args=(store, stop, cfg.commit_every_s), daemon=True)
         committer.start()
         try:
-            ds.write_datasink(sink, ray_remote_args=task_args)
+            with monitor:
+                ds.write_datasink(sink, ray_remote_args=task_args)
         finally:
             stop.set()
             committer.join()
