@@ -1,6 +1,9 @@
-"""``python -m jobs.train``: fine-tune a tagger on Ray Train.
+"""``python -m jobs.train`` / ``ray-ner train``: fine-tune a tagger on Ray Train.
 
-    python -m jobs.train --config jobs/configs/train_conll_minilm.yaml --output runs/conll
+    ray-ner train --config jobs/configs/train_conll_minilm.yaml --output runs/conll
+
+Prints the plan, one progress line per epoch with the dev scores under it, and a
+summary with the model, its report (``report.html``) and TensorBoard folder.
 """
 
 from __future__ import annotations
@@ -12,14 +15,15 @@ from pipelines.training import TrainConfig
 def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(TrainConfig, argv, "Fine-tune a token tagger with Ray Train.")
     from jobs.errors import explain
+    from pipelines.job_console import tensorboard_dir, training_plan, training_summary
     from pipelines.ray_env import init_ray
     from pipelines.training import run_training
 
     with explain():
         init_ray()
+        training_plan(cfg)
         summary = run_training(cfg)
-    dev = f"best dev F1 {summary['best_dev_f1']:.4f} at epoch {summary['best_epoch']}" if summary["best_dev_f1"] is not None else "no dev set"
-    print(f"trained {cfg.arch} tagger -> {cfg.output}: {dev}; {summary['train_tokens_per_s']:.0f} tokens/s; wall {summary['wall_time_s']:.0f}s")
+    training_summary(cfg, summary, tensorboard_dir(cfg.output))
     return 0
 
 

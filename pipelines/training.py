@@ -41,7 +41,11 @@ from ner_core.model import is_token_classification_config
 from ner_core.precision import autocast_dtype, check_mixed_precision
 from ner_core.tagger import ARCHS, build_tagger, load_tokenizer, resolve_model_path, save_tagger
 from pipelines.cluster import parse_resources, require_reachable
+from ner_core.report import training_report, write_report
+from pipelines.console import Stage
+from pipelines.job_console import TrainingMonitor, tensorboard_dir
 from pipelines.labelled_data import collect_labels, encode_for_training, read_labelled
+from pipelines.progress import Reporter
 from pipelines.storage import arrow_filesystem, fsspec_filesystem, is_s3, strip_scheme
 
 RUN_NAME = "train"
@@ -191,6 +195,8 @@ def train_loop_per_worker(config: dict) -> None:
     labels = LabelMap(tuple(config["labels"]))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # rank 0's progress goes to the driver's console through the job's progress board
+    progress = Reporter(config.get("progress") if rank == 0 else None)
     torch.set_num_threads(cfg.torch_threads)
     _seed_everything(cfg.seed)
 
@@ -242,6 +248,7 @@ def train_loop_per_worker(config: dict) -> None:
         batches = _epoch_batches(train_rows, epoch, cfg, rank, world)
         t0 = time.perf_counter()
         tokens, loss_sum = 0, 0.0
+        recent_loss, recent_batches = 0.0, 0
         optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(batches):
             windows = [Window(r["input_ids"], [1] * len(r["input_ids"]), [], r["labels"], 0, 0) for r in batch]
@@ -254,6 +261,7 @@ def train_loop_per_worker(config: dict) -> None:
                     loss = model(**padded).loss / cfg.grad_accum_steps
                 (scaler.scale(loss) if scaler else loss).backward()
             loss_sum += float(loss.detach()) * cfg.grad_accum_steps
+            recent_loss, recent_batches = recent_loss + float(loss.detach()) * cfg.grad_accum_steps, recent_batches + 1
             if last_micro:
                 if scaler:
                     scaler.unscale_(optimizer)
@@ -266,13 +274,18 @@ def train_loop_per_worker(config: dict) -> None:
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             if rank == 0 and cfg.log_every and ((i + 1) % cfg.log_every == 0 or i + 1 == len(batches)):
-                # progress for overnight runs: shows in `ray job logs` and the driver's console
+                # progress for overnight runs, in the worker's log file (and the driver's console
+                # with --verbose); the console's progress line comes through `progress`
                 elapsed = time.perf_counter() - t0
                 print(
                     f"epoch {epoch + 1}/{cfg.epochs} batch {i + 1}/{len(batches)} loss {loss_sum / (i + 1):.4f} "
                     f"{tokens / elapsed:.0f} tokens/s (rank 0)",
                     flush=True,
                 )
+            if rank == 0:
+                event = {"kind": "step", "epoch": epoch, "batch": i + 1, "batches": len(batches), "loss": loss_sum / (i + 1), "recent_loss": recent_loss / recent_batches, "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9)}
+                if progress.push(event, throttled=i + 1 < len(batches)):
+                    recent_loss, recent_batches = 0.0, 0
         train_time = time.perf_counter() - t0
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             count = torch.tensor([tokens], dtype=torch.float64, device=device)
@@ -284,11 +297,12 @@ def train_loop_per_worker(config: dict) -> None:
             if dev_rows:
                 t1 = time.perf_counter()
                 dev = _evaluate(model, tokenizer, dev_rows, cfg, device, dtype)
-                metrics.update({"dev_f1": dev["f1"], "dev_precision": dev["precision"], "dev_recall": dev["recall"], "dev_per_type": dev["per_type"], "eval_time_s": time.perf_counter() - t1})
+                metrics.update({"dev_f1": dev["f1"], "dev_precision": dev["precision"], "dev_recall": dev["recall"], "dev_per_type": dev["per_type"], "dev_confusion": dev["confusion"], "eval_time_s": time.perf_counter() - t1})
         # the checkpoint score: dev F1, or (no dev set) the lowest training loss
         metrics["score"] = metrics.get("dev_f1", -metrics["train_loss"])
         if rank == 0:
             history.append(metrics)
+            progress.push({"kind": "epoch", **metrics}, wait=True)
             with tempfile.TemporaryDirectory() as tmp:
                 save_tagger(_unwrap(model), tokenizer, tmp)
                 torch.save(
@@ -356,6 +370,7 @@ def run_training(cfg: TrainConfig) -> dict:
     if cfg.resume and not _run_exists(cfg.run_dir):
         raise FileNotFoundError(f"--resume: no earlier run in {where}")
 
+    reading = Stage("reading and tokenizing data", unit=None)
     train_ds = read_labelled(cfg.train, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column).materialize()
     labels = _labels_for(cfg, train_ds)
     datasets = {}
@@ -368,10 +383,13 @@ def run_training(cfg: TrainConfig) -> dict:
     datasets["train"] = encode_for_training(
         train_ds, resolve_model_path(cfg.encoder), labels, cfg.max_length, cfg.stride, cfg.case_markers
     ).materialize()
+    dev_note = f", {datasets['dev'].count():,} dev sentences" if cfg.dev else ""
+    reading.finish(f"{train_ds.count():,} training sentences -> {datasets['train'].count():,} windows{dev_note}; {len(labels.labels)} labels")
 
+    monitor = TrainingMonitor(cfg.epochs, tensorboard_dir(cfg.output))
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": dataclasses.asdict(cfg), "labels": list(labels.labels), "has_dev": bool(cfg.dev)},
+        train_loop_config={"cfg": dataclasses.asdict(cfg), "labels": list(labels.labels), "has_dev": bool(cfg.dev), "progress": monitor.board},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=cfg.resources_per_worker()),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=[]),
@@ -382,7 +400,8 @@ def run_training(cfg: TrainConfig) -> dict:
             failure_config=FailureConfig(max_failures=cfg.max_failures),
         ),
     )
-    result = trainer.fit()
+    with monitor:
+        result = trainer.fit()
     if result.error is not None:
         raise result.error
     return _write_output(cfg, result, labels, time.perf_counter() - started)
@@ -406,6 +425,7 @@ def _write_output(cfg: TrainConfig, result, labels: LabelMap, wall_time: float) 
         summary = _summary(cfg, history, best_metrics, labels, wall_time)
         with open(os.path.join(out_dir, "metrics.json"), "w") as fh:
             json.dump(summary, fh, indent=1)
+        write_report(out_dir, training_report(summary, cfg.output))
         if is_s3(cfg.output):
             fs, dest = fsspec_filesystem(cfg.output), strip_scheme(cfg.output).rstrip("/")
             for name in sorted(os.listdir(out_dir), key=lambda n: n == "metrics.json"):  # metrics.json last: "done"

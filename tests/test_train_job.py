@@ -110,3 +110,53 @@ def test_repair_invalid_is_opt_in(ray_cluster):
             fh.write("EU I-ORG\nrejects O\n")
         rows = read_labelled(path, repair_invalid=True).take_all()
     assert rows[0]["tags"] == ["B-ORG", "O"]
+
+
+def _tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """Scalars from TensorBoard event files, read with the record framing and protobuf TensorBoard uses."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_training_writes_a_report_and_tensorboard_curves_of_its_own_numbers(trained):
+    import re
+
+    metrics = json.loads((trained / "metrics.json").read_text())
+    page = (trained / "report.html").read_text()
+    epochs = metrics["epochs"]
+    # the curves: one point per epoch for the loss and for dev precision/recall/F1, at the run's values
+    for series, key in (("train loss", "train_loss"), ("F1", "dev_f1"), ("precision", "dev_precision"), ("recall", "dev_recall")):
+        points = re.findall(rf'<circle [^>]*data-series="{series}" data-x="(\d+)" data-y="([^"]+)"', page)
+        assert [(int(x), float(y)) for x, y in points] == [(e["epoch"] + 1, pytest.approx(e[key], rel=1e-5)) for e in epochs]
+        assert f'<polyline class="series" data-series="{series}"' in page
+    # the per-type table and the confusion matrix of the selected epoch
+    best = next(e for e in epochs if e["epoch"] == metrics["best_epoch"])
+    assert f"epoch {best['epoch'] + 1} (selected)" in page
+    for name, m in best["dev_per_type"].items():
+        row = re.search(rf'<tr data-type="{name}">(.*?)</tr>', page).group(1)
+        assert f"{m['f1']:.3f}" in row and f"<td>{m['support']:,}</td>" in row
+    confusion = best["dev_confusion"]
+    assert confusion["labels"] == ["LOC", "MISC", "ORG", "PER", "(none)"]
+    for i, gold in enumerate(confusion["labels"][:-1]):
+        # every gold entity is in its type's row once: the row sums to the type's support
+        assert sum(confusion["matrix"][i]) == best["dev_per_type"][gold]["support"]
+        cell = re.search(rf'<td data-gold="{gold}" data-pred="{gold}"[^>]*>(\d+)</td>', page).group(1)
+        assert int(cell) == confusion["matrix"][i][i]
+    # TensorBoard: the same dev scores per epoch, and the loss as training went
+    scalars = _tensorboard_scalars(trained / "tensorboard")
+    assert scalars["dev/f1"] == [(e["epoch"] + 1, pytest.approx(e["dev_f1"], rel=1e-5)) for e in epochs]
+    assert scalars["epoch/train_loss"] == [(e["epoch"] + 1, pytest.approx(e["train_loss"], rel=1e-5)) for e in epochs]
+    assert len(scalars["train/loss"]) >= len(epochs)
