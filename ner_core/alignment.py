@@ -5,6 +5,12 @@ ignores them); predictions are read back at the same place. Documents longer
 than the model's limit are cut into overlapping windows at word boundaries,
 so no word is ever dropped, and each word's prediction is taken from the
 window where it has the most context on both sides.
+
+Document context (Schweter and Akbik 2020, "FLERT"): a sentence may come with
+the words around it in its document (the sentences before and after). Those
+words fill up to ``context_length`` subwords on each side of the sentence's
+first and last window: the model reads them, but they carry no label and no
+word id, so the loss and the predictions ignore them.
 """
 
 from __future__ import annotations
@@ -71,14 +77,50 @@ def _window_bounds(lengths: Sequence[int], budget: int, stride: int) -> list[tup
     return bounds
 
 
+def _context_pieces(tokenizer, contexts, markers, size: int) -> list[tuple[list[int], list[int]]]:
+    """Each document's (left, right) context as subword ids: the last/first ``size`` of them.
+
+    The words are tokenized in one call, with the same case markers as the
+    sentence itself, then cut at the subword level (a word may lose its head on
+    the left or its tail on the right: context needs no word boundaries).
+    """
+    sides: list[list[str]] = []
+    for ctx in contexts:
+        left, right = ctx if ctx is not None else ((), ())
+        sides += [list(left), list(right)]
+    flat = [i for i, words in enumerate(sides) if words]
+    pieces: list[list[int]] = [[] for _ in sides]
+    if flat and size > 0:
+        encoded = tokenizer([sides[i] for i in flat], is_split_into_words=True, add_special_tokens=False)
+        for row, i in enumerate(flat):
+            ids, wids = encoded["input_ids"][row], encoded.word_ids(row)
+            out: list[int] = []
+            last = None
+            for tok, w in zip(ids, wids):
+                if w is not None and w != last and markers and (m := word_case(sides[i][w])):
+                    out.append(markers[m])
+                last = w
+                out.append(tok)
+            pieces[i] = out
+    return [(pieces[2 * d][-size:] if size else [], pieces[2 * d + 1][:size]) for d in range(len(contexts))]
+
+
 def encode_batch(
     tokenizer,
     batch_words: Sequence[Sequence[str]],
     batch_label_ids: Sequence[Sequence[int]] | None = None,
     max_length: int = 512,
     stride: int = 128,
+    contexts: Sequence[tuple[Sequence[str], Sequence[str]] | None] | None = None,
+    context_length: int = 0,
 ) -> list[list[Window]]:
-    """Windows for each document, tokenizing the whole batch in one call of the fast tokenizer."""
+    """Windows for each document, tokenizing the whole batch in one call of the fast tokenizer.
+
+    ``contexts``: per document, ``(words before, words after)`` from its
+    surroundings (or None). Up to ``context_length`` of their subwords go on each
+    side, within ``max_length``: the left context before the first window's
+    words, the right context after the last window's; they take no labels.
+    """
     prefix, suffix = _special_tokens(tokenizer)
     budget = max_length - len(prefix) - len(suffix)
     if budget < 1:
@@ -102,6 +144,9 @@ def encode_batch(
     )
     unk = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else 0
     markers = case_marker_ids(tokenizer)
+    if contexts is not None and len(contexts) != len(batch_words):
+        raise ValueError(f"{len(contexts)} contexts for {len(batch_words)} documents")
+    around = _context_pieces(tokenizer, contexts, markers, context_length) if contexts is not None and context_length > 0 else None
     result: list[list[Window]] = [[] for _ in batch_words]
     for row, doc in enumerate(non_empty):
         words = batch_words[doc]
@@ -111,10 +156,12 @@ def encode_batch(
         lead = [[markers[m]] if markers and budget > 1 and (m := word_case(word)) else [] for word in words]
         pieces = [p[: budget - len(m)] for p, m in zip(pieces, lead)]  # a word longer than a window keeps its head
         labels = batch_label_ids[doc] if batch_label_ids is not None else None
-        for a, b in _window_bounds([len(p) + len(m) for p, m in zip(pieces, lead)], budget, stride):
-            ids = list(prefix)
-            wids: list[int | None] = [None] * len(prefix)
-            lab = [IGNORE_INDEX] * len(prefix) if labels is not None else None
+        lengths = [len(p) + len(m) for p, m in zip(pieces, lead)]
+        for a, b in _window_bounds(lengths, budget, stride):
+            left, right = _fit_context(around[doc] if around else None, budget - sum(lengths[a:b]), a == 0, b == len(words))
+            ids = list(prefix) + left
+            wids: list[int | None] = [None] * len(ids)
+            lab = [IGNORE_INDEX] * len(ids) if labels is not None else None
             for w in range(a, b):
                 ids.extend(lead[w])
                 wids.extend([None] * len(lead[w]))
@@ -124,12 +171,24 @@ def encode_batch(
                     lab.extend([IGNORE_INDEX] * len(lead[w]))
                     lab.append(int(labels[w]))
                     lab.extend([IGNORE_INDEX] * (len(pieces[w]) - 1))
-            ids.extend(suffix)
-            wids.extend([None] * len(suffix))
+            ids.extend(right + suffix)
+            wids.extend([None] * (len(right) + len(suffix)))
             if lab is not None:
-                lab.extend([IGNORE_INDEX] * len(suffix))
+                lab.extend([IGNORE_INDEX] * (len(right) + len(suffix)))
             result[doc].append(Window(ids, [1] * len(ids), wids, lab, a, b))
     return result
+
+
+def _fit_context(around, room: int, first: bool, last: bool) -> tuple[list[int], list[int]]:
+    """The context that fits ``room`` spare positions: left only before a document's first
+    window, right only after its last; when both compete, each gets half, and a side
+    that needs less leaves the rest to the other."""
+    if not around or room <= 0:
+        return [], []
+    left, right = (around[0] if first else []), (around[1] if last else [])
+    n_left = min(len(left), max(room // 2, room - len(right)))
+    n_right = min(len(right), room - n_left)
+    return (left[len(left) - n_left :] if n_left else []), right[:n_right]
 
 
 def encode_words(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ner_core.labels import InvalidTagError, split_tag
@@ -25,6 +25,7 @@ class Sentence:
     tags: list[str]
     source: str
     line: int  # 1-based line of the first token, so errors found later can point back
+    document: int | None = None  # which -DOCSTART- document (0-based); None in files without them
 
 
 class ConllFormatError(ValueError):
@@ -60,18 +61,20 @@ def iter_conll(
     tokens: list[str] = []
     tags: list[str] = []
     first_line = 0
+    document: int | None = None
     for lineno, raw in enumerate(lines, start=1):
         line = raw.rstrip("\r\n").strip(" \t")
         if not line:
             if tokens:
-                yield Sentence(tokens, tags, source, first_line)
+                yield Sentence(tokens, tags, source, first_line, document)
                 tokens, tags = [], []
             continue
         parts = _COLUMN_SEP.split(line)
         if parts[0] == DOCSTART:
             if tokens:
-                yield Sentence(tokens, tags, source, first_line)
+                yield Sentence(tokens, tags, source, first_line, document)
                 tokens, tags = [], []
+            document = 0 if document is None else document + 1
             continue
         if columns is None:
             if len(parts) < needed:
@@ -96,7 +99,31 @@ def iter_conll(
         tokens.append(parts[token_column])
         tags.append(tag)
     if tokens:
-        yield Sentence(tokens, tags, source, first_line)
+        yield Sentence(tokens, tags, source, first_line, document)
+
+
+def document_contexts(sentences: Sequence[Sentence], words: int) -> list[tuple[list[str], list[str]]]:
+    """For each sentence, up to ``words`` words before and after it in its own document.
+
+    Only sentences of the same ``-DOCSTART-`` document are context; a file
+    without document markers (WNUT: unrelated posts) gives no context at all,
+    since its neighbouring sentences are not about the same thing.
+    """
+    out: list[tuple[list[str], list[str]]] = []
+    for i, sent in enumerate(sentences):
+        left: list[str] = []
+        right: list[str] = []
+        if sent.document is not None and words > 0:
+            j = i - 1
+            while j >= 0 and len(left) < words and sentences[j].document == sent.document:
+                left = list(sentences[j].tokens) + left
+                j -= 1
+            j = i + 1
+            while j < len(sentences) and len(right) < words and sentences[j].document == sent.document:
+                right += sentences[j].tokens
+                j += 1
+        out.append((left[-words:] if left else [], right[:words]))
+    return out
 
 
 def parse_conll_text(

@@ -25,6 +25,7 @@ class InferenceSettings:
     stride: int = 64
     batch_size: int = 64  # windows per forward pass
     pad_to_multiple_of: int | None = 8
+    context_length: int = 0  # document-context subwords per side (see ner_core.alignment); the training run's
 
 
 class WordTagger:
@@ -50,10 +51,17 @@ class WordTagger:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
-    def predict_ids(self, docs: Sequence[Sequence[str]], on_batch: Callable[[int, int], None] | None = None) -> list[list[int]]:
-        """Label ids per word for each document."""
+    def predict_ids(
+        self,
+        docs: Sequence[Sequence[str]],
+        on_batch: Callable[[int, int], None] | None = None,
+        contexts: Sequence[tuple[Sequence[str], Sequence[str]] | None] | None = None,
+    ) -> list[list[int]]:
+        """Label ids per word for each document; ``contexts``: the words around each (see ``encode_batch``)."""
         s = self.settings
-        per_doc = encode_batch(self.tokenizer, docs, max_length=s.max_length, stride=s.stride)
+        per_doc = encode_batch(
+            self.tokenizer, docs, max_length=s.max_length, stride=s.stride, contexts=contexts, context_length=s.context_length
+        )
         return self.predict_windows(per_doc, [len(d) for d in docs], on_batch)
 
     def predict_windows(
@@ -88,6 +96,11 @@ class WordTagger:
             out.append(merge_window_predictions(wins, window_preds, n))
         return out
 
-    def predict(self, docs: Sequence[Sequence[str]], on_batch: Callable[[int, int], None] | None = None) -> list[list[str]]:
+    def predict(
+        self,
+        docs: Sequence[Sequence[str]],
+        on_batch: Callable[[int, int], None] | None = None,
+        contexts: Sequence[tuple[Sequence[str], Sequence[str]] | None] | None = None,
+    ) -> list[list[str]]:
         """IOB2 labels per word for each document (always a valid IOB2 sequence)."""
-        return [repair(self.labels.decode(ids), "IOB2") for ids in self.predict_ids(docs, on_batch)]
+        return [repair(self.labels.decode(ids), "IOB2") for ids in self.predict_ids(docs, on_batch, contexts)]

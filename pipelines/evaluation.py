@@ -34,6 +34,7 @@ class EvaluateConfig:
     tag_column: int = -1
     max_length: int | None = field(default=None, metadata={"help": "window length (default: the training run's)"})
     stride: int | None = None
+    context_length: int | None = field(default=None, metadata={"help": "document-context subwords per side (default: the training run's)"})
     batch_size: int | None = None
     torch_threads: int | None = None
     mixed_precision: str = field(default="auto", metadata={"help": "as for jobs.tag: auto (fp32 on CPU) | bf16 | none; score in the precision you tag in"})
@@ -51,8 +52,16 @@ def inference_settings_for(model_dir: str, **overrides) -> InferenceSettings:
     if os.path.isfile(path):
         with open(path) as fh:
             cfg = json.load(fh).get("config", {})
-        trained = {"max_length": cfg.get("max_length"), "stride": cfg.get("stride"), "batch_size": cfg.get("eval_batch_size")}
-    values = {k: v for k, v in {**trained, **overrides}.items() if v is not None}
+        trained = {
+            "max_length": cfg.get("max_length"),
+            "stride": cfg.get("stride"),
+            "batch_size": cfg.get("eval_batch_size"),
+            "context_length": cfg.get("context_length"),
+        }
+    # an override left at None keeps the trained value (it used to drop it, so evaluation
+    # silently fell back to InferenceSettings' defaults)
+    values = {k: v for k, v in trained.items() if v is not None}
+    values.update({k: v for k, v in overrides.items() if v is not None})
     return InferenceSettings(**values)
 
 
@@ -65,17 +74,23 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
         torch.set_num_threads(cfg.torch_threads)
     model = load_tagger(cfg.model)
     tokenizer = load_tokenizer(cfg.model)
-    settings = inference_settings_for(cfg.model, max_length=cfg.max_length, stride=cfg.stride, batch_size=cfg.batch_size)
-    rows = read_labelled(cfg.data, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column).take_all()
+    settings = inference_settings_for(
+        cfg.model, max_length=cfg.max_length, stride=cfg.stride, batch_size=cfg.batch_size, context_length=cfg.context_length
+    )
+    # document context exactly as in training (the setting comes from the model's metrics.json)
+    rows = read_labelled(cfg.data, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column, settings.context_length).take_all()
     rows.sort(key=lambda r: (r["source"], r["line"]))
     dtype = autocast_dtype(cfg.mixed_precision, next(model.parameters()).device.type)
     stage = Stage(f"predicting {len(rows):,} sentences", unit="windows")
     pred = WordTagger(model, tokenizer, settings, autocast_dtype=dtype).predict(
-        [list(r["tokens"]) for r in rows], on_batch=lambda done, total: stage.update(done, total=total)
+        [list(r["tokens"]) for r in rows],
+        on_batch=lambda done, total: stage.update(done, total=total),
+        contexts=[(r["context_left"], r["context_right"]) for r in rows],
     )
     stage.finish()
     metrics = evaluate_tags([list(r["tags"]) for r in rows], pred, scheme="IOB2", mode="strict")
     metrics["model"], metrics["data"] = cfg.model, cfg.data
+    metrics["settings"] = {"max_length": settings.max_length, "stride": settings.stride, "context_length": settings.context_length}
     if cfg.report:
         metrics["report"] = write_report(cfg.report, evaluation_report(metrics))
     if cfg.json:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import ray
 
 from ner_core.alignment import encode_batch
-from ner_core.conll import ConllFormatError, decode_conll_bytes, parse_conll_text
+from ner_core.conll import ConllFormatError, decode_conll_bytes, document_contexts, parse_conll_text
 from ner_core.labels import InvalidTagError, LabelMap, convert_scheme, find_invalid, labels_from_sequences, split_tag
 from pipelines.storage import arrow_filesystem, expand_inputs, strip_scheme, is_s3
 
@@ -27,7 +27,16 @@ CONLL_EXTENSIONS = (".txt", ".conll", ".bio", ".iob", ".tsv", ".conllu")
 FORMAT_EXTENSIONS = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
 
 ROW_SCHEMA = pa.schema(
-    [("tokens", pa.list_(pa.string())), ("tags", pa.list_(pa.string())), ("source", pa.string()), ("line", pa.int64())]
+    [
+        ("tokens", pa.list_(pa.string())),
+        ("tags", pa.list_(pa.string())),
+        ("source", pa.string()),
+        ("line", pa.int64()),
+        # words around the sentence in its document (CoNLL -DOCSTART- documents only); see
+        # ner_core.alignment: the model reads them, they carry no labels
+        ("context_left", pa.list_(pa.string())),
+        ("context_right", pa.list_(pa.string())),
+    ]
 )
 
 
@@ -52,11 +61,11 @@ def _rows_from_records(records, source: str) -> list[dict]:
                 split_tag(tag)
             except InvalidTagError as exc:
                 raise ConllFormatError(source, line, f"token {i}: {exc}") from None
-        rows.append({"tokens": tokens, "tags": tags, "source": source, "line": line})
+        rows.append({"tokens": tokens, "tags": tags, "source": source, "line": line, "context_left": [], "context_right": []})
     return rows
 
 
-def _parse_file(row: dict, token_column: int, tag_column: int) -> list[dict]:
+def _parse_file(row: dict, token_column: int, tag_column: int, context_words: int = 0) -> list[dict]:
     source = row["path"]
     if not os.path.isabs(source) and not is_s3(source):
         source = "s3://" + source  # a PyFileSystem over s3fs reports bucket/key
@@ -64,9 +73,11 @@ def _parse_file(row: dict, token_column: int, tag_column: int) -> list[dict]:
     fmt = file_format(source)
     if fmt == "conll":
         text = decode_conll_bytes(data, source)
+        sentences = parse_conll_text(text, source, token_column, tag_column)
+        contexts = document_contexts(sentences, context_words)
         return [
-            {"tokens": s.tokens, "tags": s.tags, "source": s.source, "line": s.line}
-            for s in parse_conll_text(text, source, token_column, tag_column)
+            {"tokens": s.tokens, "tags": s.tags, "source": s.source, "line": s.line, "context_left": left, "context_right": right}
+            for s, (left, right) in zip(sentences, contexts)
         ]
     if fmt == "jsonl":
         records = []
@@ -106,14 +117,31 @@ def _normalise(batch: pa.Table, scheme: str, repair_invalid: bool) -> pa.Table:
                 raise ConllFormatError(source, where, f"invalid {scheme} sequence: {reason} (set repair_invalid / --repair-invalid to fix such sequences)")
         out_tags.append(convert_scheme(seq, scheme, "IOB2"))
     return pa.table(
-        {"tokens": tokens, "tags": out_tags, "source": sources, "line": lines}, schema=ROW_SCHEMA
+        {
+            "tokens": tokens,
+            "tags": out_tags,
+            "source": sources,
+            "line": lines,
+            "context_left": batch.column("context_left"),
+            "context_right": batch.column("context_right"),
+        },
+        schema=ROW_SCHEMA,
     )
 
 
 def read_labelled(
-    path: str, scheme: str = "IOB2", repair_invalid: bool = False, token_column: int = 0, tag_column: int = -1
+    path: str,
+    scheme: str = "IOB2",
+    repair_invalid: bool = False,
+    token_column: int = 0,
+    tag_column: int = -1,
+    context_words: int = 0,
 ) -> ray.data.Dataset:
-    """Rows ``tokens, tags (IOB2), source, line`` from every labelled file under ``path``."""
+    """Rows ``tokens, tags (IOB2), source, line, context_left, context_right`` from every labelled file under ``path``.
+
+    ``context_words``: how many words of the sentence's document to keep on each
+    side (CoNLL files with ``-DOCSTART-`` only; empty otherwise).
+    """
     files = expand_inputs(path, CONLL_EXTENSIONS + tuple(FORMAT_EXTENSIONS))
     # Let a data error reach the driver as itself (ConllFormatError with file:line),
     # not as a generic "UDF failed" wrapper whose cause is lost in pickling.
@@ -121,7 +149,11 @@ def read_labelled(
     fs = arrow_filesystem(path)
     paths = [strip_scheme(f) for f in files] if fs is not None else files
     ds = ray.data.read_binary_files(paths, include_paths=True, filesystem=fs, num_cpus=0.25)
-    ds = ds.flat_map(_parse_file, fn_kwargs={"token_column": token_column, "tag_column": tag_column}, num_cpus=0.25)
+    ds = ds.flat_map(
+        _parse_file,
+        fn_kwargs={"token_column": token_column, "tag_column": tag_column, "context_words": context_words},
+        num_cpus=0.25,
+    )
     return ds.map_batches(
         _normalise, batch_format="pyarrow", fn_kwargs={"scheme": scheme, "repair_invalid": repair_invalid}, num_cpus=0.25
     )
@@ -156,7 +188,13 @@ TRAIN_SCHEMA = pa.schema(
 
 
 def _encode(
-    batch: pa.Table, tokenizer_path: str, case_markers: bool, labels: tuple[str, ...], max_length: int, stride: int
+    batch: pa.Table,
+    tokenizer_path: str,
+    case_markers: bool,
+    labels: tuple[str, ...],
+    max_length: int,
+    stride: int,
+    context_length: int = 0,
 ) -> pa.Table:
     tokenizer = _tokenizer(tokenizer_path, case_markers)
     label_map = LabelMap(labels)
@@ -168,7 +206,12 @@ def _encode(
             label_ids.append(label_map.encode(seq))
         except ValueError as exc:
             raise ConllFormatError(source, line, str(exc)) from None
-    windows = encode_batch(tokenizer, tokens, label_ids, max_length=max_length, stride=stride)
+    contexts = None
+    if context_length > 0:
+        contexts = list(zip(batch.column("context_left").to_pylist(), batch.column("context_right").to_pylist()))
+    windows = encode_batch(
+        tokenizer, tokens, label_ids, max_length=max_length, stride=stride, contexts=contexts, context_length=context_length
+    )
     ids, labs, lengths, keys = [], [], [], []
     for source, line, wins in zip(sources, lines, windows):
         for k, w in enumerate(wins):
@@ -180,7 +223,13 @@ def _encode(
 
 
 def encode_for_training(
-    ds: ray.data.Dataset, tokenizer_path: str, labels: LabelMap, max_length: int, stride: int, case_markers: bool = False
+    ds: ray.data.Dataset,
+    tokenizer_path: str,
+    labels: LabelMap,
+    max_length: int,
+    stride: int,
+    case_markers: bool = False,
+    context_length: int = 0,
 ) -> ray.data.Dataset:
     """Tokenize and align in Ray Data tasks: one row per window, labels on first subwords.
 
@@ -197,6 +246,7 @@ def encode_for_training(
             "labels": labels.labels,
             "max_length": max_length,
             "stride": stride,
+            "context_length": context_length,
         },
         num_cpus=0.25,
     )

@@ -37,7 +37,8 @@ from ner_core.alignment import pad_windows, Window
 from ner_core.inference import InferenceSettings, WordTagger
 from ner_core.labels import SCHEMES, LabelMap
 from ner_core.metrics import evaluate_tags
-from ner_core.model import is_token_classification_config
+from ner_core.labels import resolve_head_labels
+from ner_core.model import DECODER_ATTENTION, is_token_classification_config
 from ner_core.precision import autocast_dtype, check_mixed_precision
 from ner_core.tagger import ARCHS, build_tagger, load_tokenizer, resolve_model_path, save_tagger
 from pipelines.cluster import parse_resources, require_reachable
@@ -68,6 +69,7 @@ class TrainConfig:
     arch: str = field(default="encoder-decoder", metadata=_help("encoder-decoder | encoder"))
     encoder: str = field(default="minilm", metadata=_help("encoder name or directory ('minilm' = the packaged all-MiniLM-L6-v2)"))
     decoder: str | None = field(default=None, metadata=_help("decoder name or directory for encoder-decoder (default: the encoder)"))
+    decoder_attention: str = field(default="bidirectional", metadata=_help("encoder-decoder only: the decoder's self-attention, bidirectional | causal (HF's decoder as is)"))
     scheme: str = field(default="IOB2", metadata=_help("tag scheme of the input data: IOB1 | IOB2 | IOBES (converted to IOB2)"))
     repair_invalid: bool = field(default=False, metadata=_help("repair invalid tag sequences (e.g. O I-PER) instead of failing"))
     token_column: int = field(default=0, metadata=_help("CoNLL column holding the token"))
@@ -82,6 +84,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     max_length: int = field(default=128, metadata=_help("subword window length; longer sentences become overlapping windows"))
     stride: int = field(default=32, metadata=_help("subword overlap between consecutive windows"))
+    context_length: int = field(default=0, metadata=_help("document context: up to this many subwords of the sentence's own document on each side, read but not labelled (CoNLL files with -DOCSTART-; 0: off)"))
     eval_batch_size: int = 64
     num_workers: int = field(default=2, metadata=_help("Ray Train workers (data-parallel)"))
     use_gpu: bool = False
@@ -103,12 +106,16 @@ class TrainConfig:
             raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
         if self.arch == "encoder" and self.decoder:
             raise ValueError("arch 'encoder' takes no decoder")
+        if self.decoder_attention not in DECODER_ATTENTION:
+            raise ValueError(f"decoder_attention must be one of {DECODER_ATTENTION}, got {self.decoder_attention!r}")
         check_mixed_precision(self.mixed_precision)
         for name in ("epochs", "batch_size", "grad_accum_steps", "num_workers", "max_length", "torch_threads", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.cpus_per_worker <= 0:
             raise ValueError("cpus_per_worker must be > 0")
+        if self.context_length < 0:
+            raise ValueError(f"context_length must be >= 0, got {self.context_length}")
         parse_resources(self.worker_resources)
 
     @property
@@ -182,11 +189,11 @@ def _evaluate(model, tokenizer, dev_rows, cfg: TrainConfig, device, dtype) -> di
     tagger = WordTagger(
         _unwrap(model),
         tokenizer,
-        InferenceSettings(max_length=cfg.max_length, stride=cfg.stride, batch_size=cfg.eval_batch_size),
+        InferenceSettings(max_length=cfg.max_length, stride=cfg.stride, batch_size=cfg.eval_batch_size, context_length=cfg.context_length),
         device=device,
         autocast_dtype=dtype,
     )
-    pred = tagger.predict([r["tokens"] for r in dev_rows])
+    pred = tagger.predict([r["tokens"] for r in dev_rows], contexts=[(r["context_left"], r["context_right"]) for r in dev_rows])
     return evaluate_tags([r["tags"] for r in dev_rows], pred, scheme="IOB2", mode="strict")
 
 
@@ -202,7 +209,12 @@ def train_loop_per_worker(config: dict) -> None:
 
     tokenizer = load_tokenizer(cfg.encoder, case_markers=cfg.case_markers)
     model = build_tagger(
-        cfg.arch, cfg.encoder, cfg.decoder if cfg.arch == "encoder-decoder" else None, labels=labels, vocab_size=len(tokenizer)
+        cfg.arch,
+        cfg.encoder,
+        cfg.decoder if cfg.arch == "encoder-decoder" else None,
+        labels=labels,
+        vocab_size=len(tokenizer),
+        decoder_attention=cfg.decoder_attention,
     )
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     groups = [
@@ -213,7 +225,7 @@ def train_loop_per_worker(config: dict) -> None:
     train_rows = sorted(_rows(ray.train.get_dataset_shard("train"), ("input_ids", "labels", "length", "key")), key=lambda r: r["key"])
     dev_rows = []
     if rank == 0 and config["has_dev"]:
-        dev_rows = sorted(_rows(ray.train.get_dataset_shard("dev"), ("tokens", "tags", "source", "line")), key=lambda r: (r["source"], r["line"]))
+        dev_rows = sorted(_rows(ray.train.get_dataset_shard("dev"), ("tokens", "tags", "source", "line", "context_left", "context_right")), key=lambda r: (r["source"], r["line"]))
 
     steps_per_epoch = math.ceil(len(_epoch_batches(train_rows, 0, cfg, rank, world)) / cfg.grad_accum_steps)
     if steps_per_epoch == 0:
@@ -320,18 +332,20 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def _labels_for(cfg: TrainConfig, train_ds) -> LabelMap:
-    """Labels from the training data, or the saved head's labels when the decoder has one."""
+    """The model's label map: the training data's, fitted to a saved head when the model starts from one.
+
+    The checkpoint that carries the head is the decoder (encoder-decoder) or
+    the encoder (encoder-only); its labels are resolved by
+    ``ner_core.labels.resolve_head_labels`` (HF's ``run_ner.py`` convention),
+    here on the driver, so a mismatch is one line before any training.
+    """
     from transformers import AutoConfig
 
     found = LabelMap(tuple(collect_labels(train_ds)))
-    if cfg.arch == "encoder-decoder":
-        dec_cfg = AutoConfig.from_pretrained(resolve_model_path(cfg.decoder or cfg.encoder))
-        if is_token_classification_config(dec_cfg):
-            saved = LabelMap.from_id2label(dec_cfg.id2label)
-            unknown = sorted(set(found.labels) - set(saved.labels))
-            if unknown:
-                raise ValueError(f"training data has labels {unknown} that the decoder's saved head {saved.labels} lacks")
-            return saved
+    head_path = (cfg.decoder or cfg.encoder) if cfg.arch == "encoder-decoder" else cfg.encoder
+    head_cfg = AutoConfig.from_pretrained(resolve_model_path(head_path), trust_remote_code=False)
+    if is_token_classification_config(head_cfg):
+        return resolve_head_labels(head_cfg.id2label, found.labels, f"the saved head of {head_path}")
     return found
 
 
@@ -371,17 +385,17 @@ def run_training(cfg: TrainConfig) -> dict:
         raise FileNotFoundError(f"--resume: no earlier run in {where}")
 
     reading = Stage("reading and tokenizing data", unit=None)
-    train_ds = read_labelled(cfg.train, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column).materialize()
+    train_ds = read_labelled(cfg.train, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column, cfg.context_length).materialize()
     labels = _labels_for(cfg, train_ds)
     datasets = {}
     if cfg.dev:
-        dev_ds = read_labelled(cfg.dev, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column).materialize()
+        dev_ds = read_labelled(cfg.dev, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column, cfg.context_length).materialize()
         unknown = sorted(set(collect_labels(dev_ds)) - set(labels.labels))
         if unknown:
             raise ValueError(f"dev data {cfg.dev} has labels {unknown} never seen in training data {cfg.train}")
         datasets["dev"] = dev_ds
     datasets["train"] = encode_for_training(
-        train_ds, resolve_model_path(cfg.encoder), labels, cfg.max_length, cfg.stride, cfg.case_markers
+        train_ds, resolve_model_path(cfg.encoder), labels, cfg.max_length, cfg.stride, cfg.case_markers, cfg.context_length
     ).materialize()
     dev_note = f", {datasets['dev'].count():,} dev sentences" if cfg.dev else ""
     reading.finish(f"{train_ds.count():,} training sentences -> {datasets['train'].count():,} windows{dev_note}; {len(labels.labels)} labels")

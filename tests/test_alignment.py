@@ -97,3 +97,36 @@ def test_pad_windows(tokenizer):
     assert [len(r) for r in batch["input_ids"]] == [8, 8]
     assert batch["attention_mask"][0] == [1, 1, 1, 0, 0, 0, 0, 0]
     assert batch["labels"][0][3:] == [IGNORE_INDEX] * 5
+
+
+def test_document_context_is_read_but_never_labelled(tokenizer):
+    """FLERT-style context: neighbouring sentences fill the window around the sentence, label-free."""
+    before, words, after = ["We", "flew", "to", "France", "."], ["Paris", "is", "nice"], ["It", "rained", "."]
+    (plain,) = encode_words(tokenizer, words, [1, 0, 0], max_length=32)
+    (window,) = encode_batch(tokenizer, [words], [[1, 0, 0]], max_length=32, contexts=[(before, after)], context_length=4)[0:1][0]
+    tokens = tokenizer.convert_ids_to_tokens(window.input_ids)
+    assert tokens == ["[CLS]", "flew", "to", "france", ".", "paris", "is", "nice", "it", "rained", ".", "[SEP]"]
+    # the sentence's own words keep their ids and labels; context has neither
+    assert _first_subword_labels(window) == _first_subword_labels(plain) == [(0, 1), (1, 0), (2, 0)]
+    assert [w for w, t in zip(window.word_ids, tokens) if t in ("flew", "rained")] == [None, None]
+    # no context asked for, or none given: the plain window
+    assert encode_batch(tokenizer, [words], [[1, 0, 0]], max_length=32, contexts=[(before, after)])[0] == [plain]
+    assert encode_batch(tokenizer, [words], [[1, 0, 0]], max_length=32, contexts=[None], context_length=4)[0] == [plain]
+
+
+def test_document_context_only_takes_spare_room_and_only_flanks_the_sentence(tokenizer):
+    """A long sentence's own words come first: context fills what its first/last windows leave."""
+    words = [f"w{i}" for i in range(25)]  # 2 subwords each: 50, in windows of 22
+    context = (["left"] * 50, ["right"] * 50)
+    windows = encode_batch(tokenizer, [words], max_length=24, stride=4, contexts=[context], context_length=40)[0]
+    plain = encode_batch(tokenizer, [words], max_length=24, stride=4)[0]
+    assert [(w.first_word, w.end_word) for w in windows] == [(w.first_word, w.end_word) for w in plain]
+    assert len(windows) > 2 and all(len(w.input_ids) <= 24 for w in windows)
+    left_id, right_id = tokenizer.convert_tokens_to_ids(["left", "right"])
+    assert windows[0].input_ids == plain[0].input_ids  # full: no room for context
+    assert all(w.input_ids == p.input_ids for w, p in zip(windows[1:-1], plain[1:-1]))  # middle: never
+    assert right_id in windows[-1].input_ids and left_id not in windows[-1].input_ids
+    assert len(windows[-1].input_ids) == 24  # the spare room is used up
+    # every word still predicted exactly once, from the sentence's own positions
+    preds = [[k % 3 for k in range(len(w.input_ids))] for w in windows]
+    assert len(merge_window_predictions(windows, preds, len(words))) == len(words)

@@ -57,3 +57,15 @@ def test_reads_shared_corpora_in_place(corpus, first):
     sentences = parse_conll_text(head, str(path))
     assert sentences[0].tokens[0] == first
     assert all(len(s.tokens) == len(s.tags) for s in sentences)
+
+
+def test_document_context_stays_inside_its_document():
+    from ner_core.conll import document_contexts
+
+    text = "-DOCSTART- O\n\nRain O\nfell O\n\nIn O\nParis B-LOC\n\n-DOCSTART- O\n\nSun O\n"
+    sentences = parse_conll_text(text)
+    assert [s.document for s in sentences] == [0, 0, 1]
+    assert document_contexts(sentences, 5) == [([], ["In", "Paris"]), (["Rain", "fell"], []), ([], [])]
+    assert document_contexts(sentences, 1) == [([], ["In"]), (["fell"], []), ([], [])]
+    # no -DOCSTART- (e.g. WNUT posts): sentences are unrelated, so no context
+    assert document_contexts(parse_conll_text("a O\n\nb O\n"), 5) == [([], []), ([], [])]

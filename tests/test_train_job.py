@@ -10,7 +10,7 @@ from jobs import evaluate as evaluate_job
 from jobs import train as train_job
 from jobs.cli import ConfigError
 from ner_core import EncoderDecoderTagger
-from ner_core.sample_data import make_sentences, write_conll
+from ner_core.sample_data import make_sentences, to_conll, write_conll
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +110,27 @@ def test_repair_invalid_is_opt_in(ray_cluster):
             fh.write("EU I-ORG\nrejects O\n")
         rows = read_labelled(path, repair_invalid=True).take_all()
     assert rows[0]["tags"] == ["B-ORG", "O"]
+
+
+def test_document_context_is_trained_and_evaluated_the_same_way(ray_cluster, tiny_dirs, tmp_path):
+    """--context-length: sentences read with their -DOCSTART- neighbours in training, dev scoring and jobs.evaluate."""
+    docs = make_sentences(120, seed=5)
+    text = "".join("-DOCSTART- O\n\n" + to_conll(docs[i : i + 6]) + "\n" for i in range(0, len(docs), 6))
+    (tmp_path / "train.txt").write_text(text)
+    (tmp_path / "dev.txt").write_text("".join("-DOCSTART- O\n\n" + to_conll(make_sentences(6, seed=50 + i)) + "\n" for i in range(4)))
+    output = tmp_path / "model"
+    argv = _argv(tiny_dirs, tmp_path, output, "--context-length", "16")
+    argv[argv.index("--epochs") + 1] = "1"
+    assert train_job.main(argv) == 0
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["config"]["context_length"] == 16
+    out = tmp_path / "eval.json"
+    assert evaluate_job.main(["--model", str(output), "--data", str(tmp_path / "dev.txt"), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["f1"] == metrics["best_dev_f1"]
+    assert json.loads(out.read_text())["settings"]["context_length"] == 16  # from the model's metrics.json
+    out_plain = tmp_path / "eval_plain.json"
+    assert evaluate_job.main(["--model", str(output), "--data", str(tmp_path / "dev.txt"), "--json", str(out_plain), "--context-length", "0"]) == 0
+    assert json.loads(out_plain.read_text())["settings"]["context_length"] == 0
 
 
 def _tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
