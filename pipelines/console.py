@@ -76,13 +76,12 @@ def quiet_ray_logs() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    # The model loaders' own progress bars and notes (e.g. "Loading weights") on the driver.
+    # The model loaders' own progress bars ("Loading weights") on the driver; their warnings stay.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
     except ImportError:  # pragma: no cover - transformers is a dependency
         pass
 
