@@ -150,7 +150,8 @@ class Stage:
             parts.append(f"{self.done:,.0f}{total} {self.unit}")
             rate = self.rate()
             if self.done and elapsed > 0:
-                parts.append(f"{rate:,.1f} {self.unit}/s" if rate < 10 else f"{rate:,.0f} {self.unit}/s")
+                digits = 0 if rate >= 10 else 1 if rate >= 1 else 2
+                parts.append(f"{rate:,.{digits}f} {self.unit}/s")
         if self.note:
             parts.append(self.note)
         if final:
