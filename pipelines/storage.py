@@ -116,3 +116,35 @@ def expand_inputs(path: str, extensions: tuple[str, ...] = ()) -> list[str]:
     if not found:
         raise FileNotFoundError(f"no input files at {path}")
     return sorted(scheme + p for p in found)
+
+
+def tree_identity(path: str) -> str:
+    """A short hash that changes whenever any file under ``path`` (a file or folder) changes.
+
+    On S3 it is built from each object's key, size and ETag (S3's own content hash), so
+    it costs one listing, not a download; locally from each file's name and content. Used
+    to tell a retrained model uploaded to the same URI from the one cached or recorded.
+    """
+    import hashlib
+
+    fs = fsspec_filesystem(path)
+    bare = (strip_scheme(path) if is_s3(path) else os.path.abspath(path)).rstrip("/")
+    if is_s3(path):
+        fs.invalidate_cache(bare)  # s3fs caches listings: a re-upload must be seen
+    found = fs.find(bare, detail=True) if fs.isdir(bare) else {bare: fs.info(bare)}
+    digest = hashlib.sha256()
+    for name in sorted(found):
+        info = found[name]
+        if info.get("type") == "directory":
+            continue
+        rel = name[len(bare):].lstrip("/")
+        if is_s3(path):
+            digest.update(f"{rel}\0{info.get('size')}\0{info.get('ETag') or info.get('LastModified')}\n".encode())
+        else:
+            digest.update(f"{rel}\0".encode())
+            with fs.open(name, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    if not found:
+        raise FileNotFoundError(f"nothing at {path}")
+    return digest.hexdigest()[:16]

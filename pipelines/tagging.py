@@ -46,7 +46,10 @@ OUTPUT_COLUMNS = ("tokens", "labels", "entities")
 ENTITY_TYPE = pa.struct([("type", pa.string()), ("start", pa.int64()), ("end", pa.int64()), ("text", pa.string())])
 _EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".jsonl.gz": "jsonl", ".json.gz": "jsonl"}
 # Settings that change what is written: a resumed run must use the same ones.
-_OUTPUT_SETTINGS = ("model", "input", "format", "output_format", "text_column", "tokens_column", "id_column", "max_length", "stride")
+# model_identity: a hash of the model's files (a retrained model at the same path is another
+# model); max_length: the window length used (after clamping to the model's limit);
+# precision: what --mixed-precision means on the actors' device.
+_OUTPUT_SETTINGS = ("model", "model_identity", "input", "format", "output_format", "text_column", "tokens_column", "id_column", "max_length", "stride", "precision")
 
 
 def _help(text: str, **extra: Any) -> dict:
@@ -135,9 +138,23 @@ def infer_format(paths: list[str]) -> str:
 # --- models on the workers ----------------------------------------------------
 
 
+def model_identity(model: str) -> str:
+    """A hash of the model's files (ETags on S3, contents locally): changes when the model is retrained."""
+    from ner_core.tagger import resolve_model_path
+    from pipelines.storage import tree_identity
+
+    return tree_identity(resolve_model_path(model))
+
+
 @lru_cache(maxsize=4)
-def local_model_dir(model: str) -> str:
-    """A local directory for ``model``: s3:// models are copied once per node into a cache."""
+def local_model_dir(model: str, identity: str) -> str:
+    """A local directory holding version ``identity`` (``model_identity``) of ``model``.
+
+    s3:// models are copied once per node and version into a cache keyed by the URI *and*
+    the files' identity: a retrained model uploaded to the same URI gets a new cache entry
+    instead of the old copy being served forever. The copy is checked against ``identity``
+    after the download, so a model replaced mid-run fails loudly instead of mixing versions.
+    """
     from ner_core.tagger import resolve_model_path
     from pipelines.storage import fsspec_filesystem, is_s3, strip_scheme
 
@@ -147,11 +164,14 @@ def local_model_dir(model: str) -> str:
     import shutil
     import tempfile
 
-    cache = os.path.join(os.path.expanduser("~/.cache/ray-ner/models"), hashlib.sha1(model.encode()).hexdigest()[:16])
+    cache = os.path.join(os.path.expanduser("~/.cache/ray-ner/models"), f"{hashlib.sha1(model.encode()).hexdigest()[:16]}-{identity}")
     if not os.path.isdir(cache):
         os.makedirs(os.path.dirname(cache), exist_ok=True)
         tmp = tempfile.mkdtemp(dir=os.path.dirname(cache))
         fsspec_filesystem(model).get(strip_scheme(model).rstrip("/") + "/", tmp + "/", recursive=True)
+        if model_identity(model) != identity:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RuntimeError(f"model {model} changed while this job was running; run the job again")
         try:
             os.rename(tmp, cache)
         except OSError:  # another process on this node finished first
@@ -160,10 +180,10 @@ def local_model_dir(model: str) -> str:
 
 
 @lru_cache(maxsize=4)
-def _tokenizer(model: str):
+def _tokenizer(model: str, identity: str):
     from ner_core.tagger import load_tokenizer
 
-    return load_tokenizer(local_model_dir(model))
+    return load_tokenizer(local_model_dir(model, identity))
 
 
 # --- stage 2: preprocessing (Ray Data tasks) ------------------------------------
@@ -174,7 +194,7 @@ def _raw_row(table: pa.Table, i: int) -> str:
     return json.dumps(row, ensure_ascii=False, default=str)
 
 
-def preprocess(batch: pa.Table, *, model: str, text_column: str, tokens_column: str | None, max_length: int, stride: int) -> pa.Table:
+def preprocess(batch: pa.Table, *, model: str, model_identity: str, text_column: str, tokens_column: str | None, max_length: int, stride: int) -> pa.Table:
     """Rows -> words (+ character offsets) -> subword windows, as extra columns."""
     column = tokens_column or text_column
     errors = batch.column(ERROR).to_pylist()
@@ -197,7 +217,7 @@ def preprocess(batch: pa.Table, *, model: str, text_column: str, tokens_column: 
     good = [i for i, d in enumerate(docs) if d is not None]
     windows: list[list[Window]] = [[] for _ in docs]
     if good:
-        encoded = encode_batch(_tokenizer(model), [docs[i].words for i in good], max_length=max_length, stride=stride)
+        encoded = encode_batch(_tokenizer(model, model_identity), [docs[i].words for i in good], max_length=max_length, stride=stride)
         for i, wins in zip(good, encoded):
             windows[i] = wins
     tokens = [d.words if d is not None else None for d in docs]
@@ -224,7 +244,7 @@ def preprocess(batch: pa.Table, *, model: str, text_column: str, tokens_column: 
 class TagActor:
     """Holds one model; tags the windows of a batch of rows in length-sorted forward passes."""
 
-    def __init__(self, model: str, window_batch_size: int, max_length: int, stride: int, use_gpu: bool, torch_threads: int, mixed_precision: str, progress=None):
+    def __init__(self, model: str, model_identity: str, window_batch_size: int, max_length: int, stride: int, use_gpu: bool, torch_threads: int, mixed_precision: str, progress=None):
         import torch
 
         from pipelines.progress import Reporter
@@ -233,11 +253,11 @@ class TagActor:
         from ner_core.tagger import load_tagger
 
         torch.set_num_threads(max(1, torch_threads))
-        path = local_model_dir(model)
+        path = local_model_dir(model, model_identity)
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         dtype = autocast_dtype(mixed_precision, device)
         settings = InferenceSettings(max_length=max_length, stride=stride, batch_size=window_batch_size)
-        self.tagger = WordTagger(load_tagger(path), _tokenizer(model), settings, device=device, autocast_dtype=dtype)
+        self.tagger = WordTagger(load_tagger(path), _tokenizer(model, model_identity), settings, device=device, autocast_dtype=dtype)
         self.progress = Reporter(progress)  # rows tagged, for the driver's progress line
 
     def _windows(self, ids, words, spans) -> list[Window]:
@@ -385,18 +405,27 @@ def _check_model(model: str) -> dict:
     from transformers import AutoConfig
 
     try:
-        path = local_model_dir(model)
+        identity = model_identity(model)
+        path = local_model_dir(model, identity)
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-        _tokenizer(model)
+        _tokenizer(model, identity)
     except Exception as exc:  # noqa: BLE001 - any loading failure means the same thing to the user
         raise TagRunError(f"cannot load model {model!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     limits = [getattr(c, "max_position_embeddings", None) for c in (config, getattr(config, "encoder", None), getattr(config, "decoder", None))]
     limits = [n for n in limits if isinstance(n, int) and n > 0]
     return {
+        "identity": identity,
         "model_type": config.model_type,
         "labels": [config.id2label[i] for i in sorted(config.id2label)],
         "max_positions": min(limits) if limits else None,
     }
+
+
+def _precision(cfg: TagConfig) -> str:
+    """The arithmetic the actors use, as recorded with the output: ``auto`` on CPU is fp32."""
+    if cfg.mixed_precision == "none" or (cfg.mixed_precision == "auto" and not cfg.gpus_per_actor):
+        return "fp32"
+    return cfg.mixed_precision if cfg.mixed_precision != "auto" else "auto (GPU: bf16, or fp16 where unsupported)"
 
 
 def _check_job_settings(store: OutputStore, cfg: TagConfig, settings: dict) -> None:
@@ -407,10 +436,12 @@ def _check_job_settings(store: OutputStore, cfg: TagConfig, settings: dict) -> N
     changed = [k for k in _OUTPUT_SETTINGS if previous.get(k) != settings.get(k)]
     if changed:
         k = changed[0]
-        raise TagRunError(
-            f"{cfg.output} holds output made with {k}={previous.get(k)!r} (now {settings.get(k)!r}); "
-            "use a new --output, or --overwrite to replace it"
+        what = (
+            f"another version of model {settings['model']} (files {previous.get(k)}, now {settings.get(k)})"
+            if k == "model_identity"
+            else f"{k}={previous.get(k)!r} (now {settings.get(k)!r})"
         )
+        raise TagRunError(f"{cfg.output} holds output made with {what}; use a new --output, or --overwrite to replace it")
 
 
 def _resources_arg(spec) -> dict:
@@ -443,8 +474,13 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
     if cfg.overwrite:
         for name in store.listdir(store.path()):
             store.remove(store.path(name))
+    max_length = cfg.max_length
+    if model_info["max_positions"] and max_length > model_info["max_positions"]:
+        log.warning("--max-length %d is beyond the model's %d positions; using %d", max_length, model_info["max_positions"], model_info["max_positions"])
+        max_length = model_info["max_positions"]
+    # What is recorded (and compared on resume) is what the run uses.
     settings = {k: v for k, v in asdict(cfg).items() if k != "overwrite"}
-    settings["format"] = fmt
+    settings.update(format=fmt, max_length=max_length, model_identity=model_info["identity"], precision=_precision(cfg))
     _check_job_settings(store, cfg, settings)
 
     keys = {source_key(p): p for p in paths}
@@ -464,10 +500,6 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
         lo, hi = cfg.actor_range()
         threads = cfg.torch_threads or max(1, int(cfg.cpus_per_actor))
         use_gpu = cfg.gpus_per_actor > 0
-        max_length = cfg.max_length
-        if model_info["max_positions"] and max_length > model_info["max_positions"]:
-            log.warning("--max-length %d is beyond the model's %d positions; using %d", max_length, model_info["max_positions"], model_info["max_positions"])
-            max_length = model_info["max_positions"]
         # One read task per file by default: Ray Data's own default splits each file's
         # blocks into many small ones and then cannot fuse preprocessing into the read;
         # on 2 cores that cost ~12% of the run (123 s -> 110 s for 50k rows in 5 files).
@@ -478,7 +510,7 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
             preprocess,
             batch_format="pyarrow",
             batch_size=None,
-            fn_kwargs={"model": cfg.model, "text_column": cfg.text_column, "tokens_column": cfg.tokens_column, "max_length": max_length, "stride": cfg.stride},
+            fn_kwargs={"model": cfg.model, "model_identity": model_info["identity"], "text_column": cfg.text_column, "tokens_column": cfg.tokens_column, "max_length": max_length, "stride": cfg.stride},
             **task_args,
         )
         ds = ds.map_batches(
@@ -487,6 +519,7 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
             batch_size=cfg.batch_size,
             fn_constructor_kwargs={
                 "model": cfg.model,
+                "model_identity": model_info["identity"],
                 "window_batch_size": cfg.window_batch_size,
                 "max_length": max_length,
                 "stride": cfg.stride,
