@@ -6,6 +6,8 @@ and manifest paths (the summary's counts are the manifest's).
 
 from __future__ import annotations
 
+import sys
+
 from jobs.cli import config_from_args, run_main
 from pipelines.tagging import TagConfig
 
@@ -21,7 +23,12 @@ def main(argv: list[str] | None = None) -> int:
         init_ray()
         manifest = run_tagging(cfg)
     tagging_summary(manifest, cfg.output)
-    return 0
+    failed = manifest.get("files_failed") or []
+    for f in failed:  # files that could not be read to the end: not tagged, retried by the next run
+        print(f"error: input file failed, not tagged: {f['source']}: {f['reason']}", file=sys.stderr)
+    if failed:
+        print(f"error: {len(failed)} input files failed (listed in _manifest.json files_failed); run the same command again to retry them", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -8,11 +8,26 @@ record came from. Here every row carries its source file key and row number
 (``__error`` = reason, ``__raw`` = the original content) that flows to
 ``_errors`` instead of stopping the job. Files are read in blocks of
 ``rows_per_block`` rows, so a file larger than memory still streams.
+
+JSONL rows travel as their original text (``__raw``) plus the one column the
+tagger reads: JSON has no schema, so a field may be ``3`` in one row and
+``"d-4"`` in the next, or in the next file, and blocks typed independently
+would disagree (Ray fails concatenating them) or need values re-encoded. The
+writer gives each row's values back from its original text (see
+``tagging.TaggedOutputSink``; Parquet output types each column once per job
+from ``scan_jsonl_columns``).
+
+A read that fails part-way through a file (a dropped connection, a 5xx) is
+retried from the first row not yet passed on, with backoff; if it keeps
+failing, the file is marked failed with its reason instead of done, so its
+rows are discarded and the next run reads it again.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +41,7 @@ from pipelines.tag_store import OutputStore
 
 SRC, ROW, ERROR, RAW = "__src", "__row", "__error", "__raw"
 INTERNAL_PREFIX = "__"
+OUTPUT_COLUMNS = ("tokens", "labels", "entities")
 
 
 def _column(values: list[Any]) -> pa.Array:
@@ -48,11 +64,17 @@ def _error(key: str, row: int, reason: str, raw: str | None) -> dict[str, Any]:
     return {SRC: key, ROW: row, ERROR: reason, RAW: raw}
 
 
-def read_jsonl(fh, key: str, rows_per_block: int, column: str | None = None, pre_split: bool = False) -> Iterator[tuple[list[dict], int]]:
-    """(records, lines read so far) per block; a record per non-blank line, row = line number - 1."""
+def read_jsonl(fh, key: str, rows_per_block: int, column: str | None = None, pre_split: bool = False, start: int = 0) -> Iterator[tuple[list[dict], int]]:
+    """(records, lines read so far) per block; a record per non-blank line, row = line number - 1.
+
+    A good record is ``{column: value, __src, __row, __raw: the line}``: the other fields
+    stay in the line's text. Lines before ``start`` are skipped (a retried read).
+    """
     block: list[dict] = []
-    row = -1
+    row = start - 1
     for row, line in enumerate(fh):
+        if row < start:
+            continue
         stripped = line.strip()
         if not stripped:
             continue  # blank lines separate nothing in JSONL; they are not rows
@@ -67,14 +89,16 @@ def read_jsonl(fh, key: str, rows_per_block: int, column: str | None = None, pre
                 block.append(_error(key, row, f"malformed JSON: {exc.msg} at column {exc.colno}", text))
             else:
                 if isinstance(obj, dict):
-                    obj = {k: v for k, v in obj.items() if not k.startswith(INTERNAL_PREFIX)}
+                    clash = next((c for c in OUTPUT_COLUMNS if c in obj and c != (column if pre_split else None)), None)
                     try:
+                        if clash is not None:
+                            raise BadRow(f"input column {clash!r} clashes with an output column of the same name")
                         if column is not None:
                             check_row(obj, column, pre_split)
                     except BadRow as exc:
                         block.append(_error(key, row, str(exc), text))
                     else:
-                        block.append({**obj, SRC: key, ROW: row, ERROR: None, RAW: None})
+                        block.append({column: obj.get(column), SRC: key, ROW: row, ERROR: None, RAW: text})
                 else:
                     block.append(_error(key, row, f"a JSON {type(obj).__name__}, expected an object", text))
         if len(block) >= rows_per_block:
@@ -84,10 +108,39 @@ def read_jsonl(fh, key: str, rows_per_block: int, column: str | None = None, pre
         yield block, row + 1
 
 
-class TaggingInput(Datasource):
-    """Reads ``sources`` ([(path, key)]) of one format; writes each file's row count to the store when done."""
+def jsonl_block(records: list[dict], column: str | None, pre_split: bool) -> pa.Table:
+    """A JSONL block with the same columns and types whatever its rows hold."""
+    value_type = pa.list_(pa.string()) if pre_split else pa.string()
+    columns = {column: pa.array([r.get(column) for r in records], value_type)} if column is not None else {}
+    return pa.table(
+        {
+            **columns,
+            SRC: pa.array([r[SRC] for r in records], pa.string()),
+            ROW: pa.array([r[ROW] for r in records], pa.int64()),
+            ERROR: pa.array([r[ERROR] for r in records], pa.string()),
+            RAW: pa.array([r[RAW] for r in records], pa.string()),
+        }
+    )
 
-    def __init__(self, sources: list[tuple[str, str]], fmt: str, output: str, rows_per_block: int = 1024, column: str | None = None, pre_split: bool = False):
+
+class FileReadFailed(Exception):
+    """A file could not be read to its end after every retry."""
+
+
+class TaggingInput(Datasource):
+    """Reads ``sources`` ([(path, key)]) of one format; writes each file's row count (or its failure) to the store."""
+
+    def __init__(
+        self,
+        sources: list[tuple[str, str]],
+        fmt: str,
+        output: str,
+        rows_per_block: int = 1024,
+        column: str | None = None,
+        pre_split: bool = False,
+        read_attempts: int = 4,
+        retry_delay_s: float = 1.0,
+    ):
         super().__init__()
         self.column = column  # checked on parsed JSON, where a wrong type is still visible
         self.pre_split = pre_split
@@ -95,6 +148,8 @@ class TaggingInput(Datasource):
         self.fmt = fmt
         self.output = output
         self.rows_per_block = rows_per_block
+        self.read_attempts = read_attempts
+        self.retry_delay_s = retry_delay_s
 
     def get_name(self) -> str:
         return f"TaggingInput({self.fmt})"
@@ -115,48 +170,151 @@ class TaggingInput(Datasource):
         store = OutputStore(self.output)
         for path, key in group:
             records = 0
-            for table in self._read_file(path, key):
-                records += table.num_rows
-                yield table
+            try:
+                for table in self._read_with_retries(path, key):
+                    records += table.num_rows
+                    yield table
+            except FileReadFailed as exc:
+                # Not marked read, so never committed: the driver reports it and drops its pieces.
+                store.mark_failed(key, path, str(exc))
+                continue
             store.mark_read(key, path, records)
 
-    def _read_file(self, path: str, key: str) -> Iterator[pa.Table]:
+    def _read_with_retries(self, path: str, key: str) -> Iterator[pa.Table]:
+        """The file's blocks, each exactly once: a failed read resumes after the last block passed on."""
+        done = 0  # JSONL: lines, Parquet: rows, already passed on
+        for attempt in range(self.read_attempts):
+            try:
+                for table, upto in self._read_file(path, key, done):
+                    yield table
+                    done = upto
+                return
+            except Exception as exc:  # noqa: BLE001 - storage clients raise their own types (aiohttp, botocore, gzip, pyarrow); rows are parsed per line elsewhere
+                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                if attempt + 1 < self.read_attempts:
+                    time.sleep(self.retry_delay_s * 2**attempt)
+        raise FileReadFailed(f"read failed {self.read_attempts} times, last at {'line' if self.fmt == 'jsonl' else 'row'} {done}: {reason}")
+
+    def _read_file(self, path: str, key: str, start: int) -> Iterator[tuple[pa.Table, int]]:
         fs = fsspec_filesystem(path)
         bare = strip_scheme(path) if is_s3(path) else path
         if self.fmt == "jsonl":
-            next_line = 0
-            try:
-                with fs.open(bare, "rb", compression="infer") as fh:
-                    for records, next_line in read_jsonl(fh, key, self.rows_per_block, self.column, self.pre_split):
-                        yield records_to_table(records)
-            except (OSError, EOFError, ValueError) as exc:
-                # The file became unreadable part-way (truncated gzip, storage error): what is
-                # left of it is one error record, so the file is still accounted for.
-                yield records_to_table([_error(key, next_line, f"file unreadable after line {next_line}: {exc}", None)])
+            with fs.open(bare, "rb", compression="infer") as fh:
+                for records, next_line in read_jsonl(fh, key, self.rows_per_block, self.column, self.pre_split, start):
+                    yield jsonl_block(records, self.column, self.pre_split), next_line
             return
-        yield from self._read_parquet(fs, bare, key)
+        yield from self._read_parquet(fs, bare, key, start)
 
-    def _read_parquet(self, fs, bare: str, key: str) -> Iterator[pa.Table]:
+    def _read_parquet(self, fs, bare: str, key: str, start: int) -> Iterator[tuple[pa.Table, int]]:
         import pyarrow.parquet as pq
 
         rows = 0
-        try:
-            with fs.open(bare, "rb") as fh:
-                pf = pq.ParquetFile(fh)
-                for batch in pf.iter_batches(batch_size=self.rows_per_block):
-                    table = pa.Table.from_batches([batch])
-                    table = table.select([c for c in table.column_names if not c.startswith(INTERNAL_PREFIX)])
-                    n = table.num_rows
-                    table = (
-                        table.append_column(SRC, pa.array([key] * n, pa.string()))
-                        .append_column(ROW, pa.array(range(rows, rows + n), pa.int64()))
-                        .append_column(ERROR, pa.nulls(n, pa.string()))
-                        .append_column(RAW, pa.nulls(n, pa.string()))
-                    )
-                    rows += n
-                    yield table
-        except (OSError, pa.ArrowException, ValueError) as exc:
-            # Corrupt or truncated file: the rows we could not read are one error record
-            # (their number is unknown), so the file is still accounted for.
-            where = f"rows from {rows} on" if rows else "whole file"
-            yield records_to_table([_error(key, rows, f"unreadable Parquet ({where}): {exc}", None)])
+        with fs.open(bare, "rb") as fh:
+            pf = pq.ParquetFile(fh)
+            for batch in pf.iter_batches(batch_size=self.rows_per_block):
+                table = pa.Table.from_batches([batch])
+                if rows + table.num_rows <= start:
+                    rows += table.num_rows
+                    continue
+                table = table.slice(max(0, start - rows))
+                rows = max(rows, start)
+                table = table.select([c for c in table.column_names if not c.startswith(INTERNAL_PREFIX)])
+                n = table.num_rows
+                table = (
+                    table.append_column(SRC, pa.array([key] * n, pa.string()))
+                    .append_column(ROW, pa.array(range(rows, rows + n), pa.int64()))
+                    .append_column(ERROR, pa.nulls(n, pa.string()))
+                    .append_column(RAW, pa.nulls(n, pa.string()))
+                )
+                rows += n
+                yield table, rows
+
+
+# --- one Parquet type per JSONL field, for the whole job ----------------------------------
+
+
+def _unify(a: pa.DataType | None, b: pa.DataType) -> pa.DataType:
+    if a is None or a == b:
+        return b
+    return pa.unify_schemas([pa.schema([("x", a)]), pa.schema([("x", b)])], promote_options="permissive").field("x").type
+
+
+def _taggable(obj: dict, column: str | None, pre_split: bool) -> bool:
+    """Would ``read_jsonl`` pass this object on (not turn it into an error row)?"""
+    if any(c in obj and c != (column if pre_split else None) for c in OUTPUT_COLUMNS):
+        return False
+    try:
+        if column is not None:
+            check_row(obj, column, pre_split)
+    except BadRow:
+        return False
+    return True
+
+
+def _scan_types(path: str, rows_per_block: int, column: str | None, pre_split: bool) -> dict[str, str | None]:
+    """Each field of one JSONL file -> its Arrow type over the rows that will be tagged (IPC,
+    base64), or None: no one type fits. Error rows do not count: they go to ``_errors`` as read."""
+    fs = fsspec_filesystem(path)
+    types: dict[str, pa.DataType | None] = {}
+    block: list[dict] = []
+
+    def add(rows: list[dict]) -> None:
+        names = dict.fromkeys(k for r in rows for k in r if not k.startswith(INTERNAL_PREFIX) and k not in OUTPUT_COLUMNS)
+        for name in names:
+            if name in types and types[name] is None:
+                continue
+            try:
+                types[name] = _unify(types.get(name), pa.array([r.get(name) for r in rows]).type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, OverflowError):
+                types[name] = None
+
+    try:
+        with fs.open(strip_scheme(path) if is_s3(path) else path, "rb", compression="infer") as fh:
+            for line in fh:
+                try:
+                    obj = json.loads(line)
+                except (ValueError, UnicodeDecodeError):
+                    continue  # an error row: it is written to _errors as it was read
+                if isinstance(obj, dict) and _taggable(obj, column, pre_split):
+                    block.append(obj)
+                if len(block) >= rows_per_block:
+                    add(block)
+                    block = []
+    except Exception:  # noqa: BLE001 - the tagging read retries it and reports the file if it keeps failing
+        return {}
+    if block:
+        add(block)
+    return {name: None if t is None else encode_type(t) for name, t in types.items()}
+
+
+def encode_type(t: pa.DataType) -> str:
+    return base64.b64encode(pa.schema([("x", t)]).serialize().to_pybytes()).decode()
+
+
+def decode_type(text: str) -> pa.DataType:
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text))).field("x").type
+
+
+def scan_jsonl_columns(paths: list[str], rows_per_block: int, column: str | None, pre_split: bool, task_args: dict) -> dict[str, str | None]:
+    """Every field of every file -> one Arrow type for the job (encoded), or None: stored as JSON text.
+
+    Parquet needs one type per column in every file of the output, and a JSON field's
+    type is only known after every row has been seen; so this pass reads the input once
+    (one Ray task per file, no model) before tagging starts.
+    """
+    import ray
+
+    scan = ray.remote(**task_args)(_scan_types)
+    merged: dict[str, pa.DataType | None] = {}
+    for found in ray.get([scan.remote(p, rows_per_block, column, pre_split) for p in paths]):
+        for name, encoded in found.items():
+            if name in merged and merged[name] is None:
+                continue
+            if encoded is None:
+                merged[name] = None
+                continue
+            try:
+                merged[name] = _unify(merged.get(name), decode_type(encoded))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                merged[name] = None
+    return {name: None if t is None else encode_type(t) for name, t in merged.items()}

@@ -5,7 +5,9 @@ Layout of ``OUT`` (local or ``s3://``)::
     <key>.<first_row>-<rows>.parquet   tagged rows of one source file (several pieces per file)
     _errors/<key>.<first_row>-<rows>.jsonl   rows that could not be tagged, with reasons
     _done/<key>.json                   commit marker: the source file is complete
-    _staging/<key>/...                 pieces of files still in progress (hidden: ``_`` prefix)
+    _staging/<key>/...                 pieces of files still in progress (hidden: ``_`` prefix),
+                                       ``_expected.json`` (read to the end: N rows) or
+                                       ``_failed.json`` (the read failed: never committed)
     _job.json                          the settings the output was made with
     _manifest.json                     row counts and settings, written at the end
 
@@ -128,6 +130,21 @@ class OutputStore:
         """Written by the reader when it reached the end of ``source``: how many rows to expect."""
         self.write_json(self.path("_staging", key, "_expected.json"), {"source": source, "rows": rows})
 
+    def mark_failed(self, key: str, source: str, reason: str) -> None:
+        """Written by the reader instead of ``mark_read`` when ``source`` could not be read to its end."""
+        self.write_json(self.path("_staging", key, "_failed.json"), {"source": source, "reason": reason})
+
+    def take_failed(self, keys: set[str]) -> list[dict]:
+        """``[{source, reason}]`` for the sources among ``keys`` whose read failed; their staged
+        pieces are deleted (the rows they hold are read again, whole, by the next run)."""
+        failed = []
+        for key in sorted(keys):
+            marker = self.read_json(self.path("_staging", key, "_failed.json"))
+            if marker is not None:
+                failed.append({"source": marker["source"], "reason": marker["reason"]})
+                self.remove(self.staging(key))
+        return failed
+
     def done_keys(self) -> set[str]:
         return {n[: -len(".json")] for n in self.listdir(self.path("_done")) if n.endswith(".json")}
 
@@ -153,10 +170,13 @@ class OutputStore:
             expected = self.read_json(self.path("_staging", key, "_expected.json"))
             if expected is None:
                 continue
+            names = self.listdir(self.staging(key))
+            if "_failed.json" in names:
+                continue  # part of the file was never read: never commit it
             pieces: dict[tuple[str, int], tuple[str, Piece, bool]] = {}
             for path, piece in final.get(key, []):
                 pieces[(piece.kind, piece.first_row)] = (path, piece, True)
-            for name in self.listdir(self.staging(key)):
+            for name in names:
                 m = _PIECE.match(name)
                 if m:
                     piece = Piece(m["kind"], int(m["first"]), int(m["rows"]), m["ext"])

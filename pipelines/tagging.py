@@ -36,13 +36,12 @@ from pipelines.cluster import parse_resources, require_reachable
 from pipelines.console import verbose
 from pipelines.job_console import TaggingMonitor, estimate_rows, tagging_plan
 from pipelines.storage import expand_inputs
-from pipelines.tag_input import ERROR, INTERNAL_PREFIX, RAW, ROW, SRC, TaggingInput
+from pipelines.tag_input import ERROR, INTERNAL_PREFIX, OUTPUT_COLUMNS, RAW, ROW, SRC, TaggingInput, decode_type, scan_jsonl_columns
 from pipelines.tag_store import OutputStore, Piece, jsonl_bytes, parquet_bytes, source_key
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("parquet", "jsonl")
-OUTPUT_COLUMNS = ("tokens", "labels", "entities")
 ENTITY_TYPE = pa.struct([("type", pa.string()), ("start", pa.int64()), ("end", pa.int64()), ("text", pa.string())])
 _EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".jsonl.gz": "jsonl", ".json.gz": "jsonl"}
 # Settings that change what is written: a resumed run must use the same ones.
@@ -87,6 +86,8 @@ class TagConfig:
     rows_per_file: int = field(default=10_000, metadata=_help("rows gathered per output file (fewer when a source file ends)"))
     mixed_precision: str = field(default="auto", metadata=_help("auto (bf16 on GPU, fp32 on CPU) | bf16 (GPU, or CPU with AVX512-BF16/AMX: ~3x faster) | fp16 (GPU) | none"))
     read_tasks: int | None = field(default=None, metadata=_help("parallel read tasks, at most one per input file (default: one per file; 1 reads files in order)"))
+    read_attempts: int = field(default=4, metadata=_help("attempts to read a file that fails part-way (dropped connection, 5xx) before it is reported failed"))
+    read_retry_delay_s: float = field(default=1.0, metadata=_help("wait before the second read attempt; doubles for each further one"))
     commit_every_s: float = field(default=5.0, metadata=_help("how often finished input files are committed while the job runs"))
     overwrite: bool = field(default=False, metadata=_help("delete an existing output folder's contents first"))
 
@@ -98,7 +99,7 @@ class TagConfig:
         check_mixed_precision(self.mixed_precision)
         if self.mixed_precision == "fp16" and not self.gpus_per_actor:
             raise ValueError("--mixed-precision fp16 needs --gpus-per-actor > 0; on CPU use bf16 or none")
-        for name in ("batch_size", "window_batch_size", "max_length", "rows_per_block", "rows_per_file"):
+        for name in ("batch_size", "window_batch_size", "max_length", "rows_per_block", "rows_per_file", "read_attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         if self.stride < 0:
@@ -212,7 +213,7 @@ def preprocess(batch: pa.Table, *, model: str, model_identity: str, text_column:
                 row = {column: values[i]} if values is not None else dict.fromkeys(present)
                 doc = document_from_tokens(row, column) if tokens_column else document_from_text(row, column)
             except BadRow as exc:
-                errors[i], raws[i] = str(exc), _raw_row(batch, i)
+                errors[i], raws[i] = str(exc), raws[i] or _raw_row(batch, i)
         docs.append(doc)
     good = [i for i, d in enumerate(docs) if d is not None]
     windows: list[list[Window]] = [[] for _ in docs]
@@ -295,7 +296,7 @@ class TagActor:
                 try:
                     ids[i] = self.tagger.predict_windows([per_doc[i]], [len(tokens[i])])[0]
                 except Exception as exc:  # noqa: BLE001
-                    errors[i], raws[i] = f"tagging failed: {type(exc).__name__}: {exc}", _raw_row(batch, i)
+                    errors[i], raws[i] = f"tagging failed: {type(exc).__name__}: {exc}", raws[i] or _raw_row(batch, i)
         self.progress.add("rows", batch.num_rows - len(good))  # rows that failed before the model
         texts = batch.column("__text").to_pylist()
         starts, ends = batch.column("__starts").to_pylist(), batch.column("__ends").to_pylist()
@@ -329,8 +330,19 @@ class TagActor:
 class TaggedOutputSink(Datasink):
     """Ray Data datasink: each block's rows -> one tagged piece and one error piece per source file."""
 
-    def __init__(self, output: str, output_format: str, sources: dict[str, str], id_column: str | None, rows_per_file: int = 10_000):
+    def __init__(
+        self,
+        output: str,
+        output_format: str,
+        sources: dict[str, str],
+        id_column: str | None,
+        rows_per_file: int = 10_000,
+        input_format: str = "parquet",
+        jsonl_types: dict[str, str | None] | None = None,
+    ):
         self.output = output
+        self.input_format = input_format
+        self.jsonl_types = jsonl_types or {}  # JSONL -> Parquet: field -> its type for the job, None: JSON text
         self.rows_per_file = rows_per_file
         self.output_format = output_format
         self.sources = sources
@@ -366,18 +378,55 @@ class TaggedOutputSink(Datasink):
         stats["rows_written"] += rows.num_rows
         stats["words"] += pc.sum(pc.list_value_length(rows.column("tokens"))).as_py() or 0
         stats["subwords"] += pc.sum(rows.column("__subwords")).as_py() or 0
-        table = rows.sort_by(ROW).drop_columns([c for c in rows.column_names if c.startswith(INTERNAL_PREFIX)])
-        if self.output_format == "parquet":
-            data = parquet_bytes(table)
+        rows = rows.sort_by(ROW)
+        if self.input_format == "jsonl":
+            # Input fields from each row's original line, so values come back exactly as read.
+            fields = [_input_fields(raw) for raw in rows.column(RAW).to_pylist()]
+            outputs = rows.select(list(OUTPUT_COLUMNS))
+            if self.output_format == "parquet":
+                typed = self._typed_fields(fields)
+                data = parquet_bytes(pa.Table.from_arrays([*typed.columns, *outputs.columns], names=[*typed.column_names, *outputs.column_names]))
+            else:
+                data = jsonl_bytes([{**f, **o} for f, o in zip(fields, outputs.to_pylist())])
         else:
-            data = jsonl_bytes(table.to_pylist())
+            table = rows.drop_columns([c for c in rows.column_names if c.startswith(INTERNAL_PREFIX)])
+            data = parquet_bytes(table) if self.output_format == "parquet" else jsonl_bytes(table.to_pylist())
         store.write_piece(key, Piece("ok", first, rows.num_rows, self.output_format), data)
+
+    def _typed_fields(self, fields: list[dict]) -> pa.Table:
+        """JSONL fields as Parquet columns of the job's types: the same in every output file.
+
+        A field without one type across the whole input (``3`` here, ``"d-4"`` there) is
+        stored as the JSON text of each value (null stays null): ``json.loads`` gives the value back.
+        """
+        names = list(self.jsonl_types) + [n for n in dict.fromkeys(k for f in fields for k in f) if n not in self.jsonl_types]
+        columns = {}
+        for name in names:
+            values = [f.get(name) for f in fields]
+            encoded = self.jsonl_types.get(name)
+            if encoded is not None:
+                try:
+                    columns[name] = pa.array(values, decode_type(encoded))
+                    continue
+                except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+                    log.warning("field %r does not fit its type %s here; stored as JSON text", name, decode_type(encoded))
+            columns[name] = pa.array([None if v is None else json.dumps(v, ensure_ascii=False) for v in values], pa.string())
+        return pa.table(columns) if columns else pa.table({})
+
+    def _ids(self, rows: pa.Table) -> list | None:
+        if not self.id_column:
+            return None
+        if self.id_column in rows.column_names:
+            return rows.column(self.id_column).to_pylist()
+        if self.input_format != "jsonl":
+            return None
+        return [(_input_fields(raw) if raw else {}).get(self.id_column) for raw in rows.column(RAW).to_pylist()]
 
     def _write_errors(self, store: OutputStore, key: str, rows: pa.Table, stats: dict) -> None:
         if rows.num_rows == 0:
             return
         rows = rows.sort_by(ROW)
-        ids = rows.column(self.id_column).to_pylist() if self.id_column and self.id_column in rows.column_names else None
+        ids = self._ids(rows)
         records = []
         for j, (row, reason, raw) in enumerate(zip(rows.column(ROW).to_pylist(), rows.column(ERROR).to_pylist(), rows.column(RAW).to_pylist())):
             record = {"source": self.sources.get(key, key), "row": row, "reason": reason, "raw": raw}
@@ -391,6 +440,17 @@ class TaggedOutputSink(Datasink):
         for stats in write_result.write_returns:
             for k, v in (stats or {}).items():
                 self.totals[k] = self.totals.get(k, 0) + v
+
+
+def _input_fields(raw: str) -> dict:
+    """A JSONL row's own fields, as read (output columns and internal ``__`` names aside); {} if not an object."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return {}
+    if not isinstance(obj, dict):
+        return {}
+    return {k: v for k, v in obj.items() if not k.startswith(INTERNAL_PREFIX) and k not in OUTPUT_COLUMNS}
 
 
 # --- the driver ---------------------------------------------------------------------
@@ -481,6 +541,17 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
     # What is recorded (and compared on resume) is what the run uses.
     settings = {k: v for k, v in asdict(cfg).items() if k != "overwrite"}
     settings.update(format=fmt, max_length=max_length, model_identity=model_info["identity"], precision=_precision(cfg))
+    task_args = {"num_cpus": cfg.cpus_per_task, **_resources_arg(cfg.task_resources)}
+    jsonl_types = None
+    if fmt == "jsonl" and cfg.output_format == "parquet":
+        # One Parquet type per field for the whole output, fixed when it was started.
+        jsonl_types = (store.read_json(store.path("_job.json")) or {}).get("jsonl_types")
+        if jsonl_types is None:
+            jsonl_types = scan_jsonl_columns(paths, cfg.rows_per_block, cfg.tokens_column or cfg.text_column, bool(cfg.tokens_column), task_args)
+        settings["jsonl_types"] = jsonl_types
+        settings["json_encoded_columns"] = [name for name, t in jsonl_types.items() if t is None]
+        if settings["json_encoded_columns"]:
+            log.warning("fields with more than one type, stored in Parquet as JSON text: %s", settings["json_encoded_columns"])
     _check_job_settings(store, cfg, settings)
 
     keys = {source_key(p): p for p in paths}
@@ -492,7 +563,7 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
     if progress:
         tagging_plan(cfg, len(paths), len(paths) - len(pending), fmt, estimate_rows([p for p, _ in pending], fmt))
 
-    sink = TaggedOutputSink(cfg.output, cfg.output_format, keys, cfg.id_column, cfg.rows_per_file)
+    sink = TaggedOutputSink(cfg.output, cfg.output_format, keys, cfg.id_column, cfg.rows_per_file, input_format=fmt, jsonl_types=jsonl_types)
     if pending:
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = progress and verbose()  # Ray Data's own bars; ours is TaggingMonitor's line
@@ -504,8 +575,11 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
         # blocks into many small ones and then cannot fuse preprocessing into the read;
         # on 2 cores that cost ~12% of the run (123 s -> 110 s for 50k rows in 5 files).
         read_kwargs = {"override_num_blocks": cfg.read_tasks or len(pending)}
-        task_args = {"num_cpus": cfg.cpus_per_task, **_resources_arg(cfg.task_resources)}
-        ds = ray.data.read_datasource(TaggingInput(pending, fmt, cfg.output, cfg.rows_per_block, cfg.tokens_column or cfg.text_column, bool(cfg.tokens_column)), **task_args, **read_kwargs)
+        reader = TaggingInput(
+            pending, fmt, cfg.output, cfg.rows_per_block, cfg.tokens_column or cfg.text_column, bool(cfg.tokens_column),
+            read_attempts=cfg.read_attempts, retry_delay_s=cfg.read_retry_delay_s,
+        )  # fmt: skip
+        ds = ray.data.read_datasource(reader, **task_args, **read_kwargs)
         ds = ds.map_batches(
             preprocess,
             batch_format="pyarrow",
@@ -546,7 +620,12 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
     for key in store.done_keys() & set(store.listdir(store.path("_staging"))):
         store.remove(store.staging(key))  # a write retried after its file was committed
     totals = store.totals()
-    uncommitted = sorted(set(keys) - store.done_keys())
+    # Files whose read kept failing: reported, their rows dropped, retried whole by the next run.
+    files_failed = store.take_failed(set(keys) - store.done_keys())
+    failed_keys = {source_key(f["source"]) for f in files_failed}
+    for f in files_failed:
+        log.error("input file failed, not tagged (run the job again to retry it): %s: %s", f["source"], f["reason"])
+    uncommitted = sorted(set(keys) - store.done_keys() - failed_keys)
     if uncommitted:
         raise TagRunError(f"{len(uncommitted)} input files did not complete (first: {keys[uncommitted[0]]}); run the job again to finish them")
     elapsed = time.time() - started
@@ -555,6 +634,8 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
     manifest = {
         **{k: totals[k] for k in ("rows_read", "rows_written", "rows_failed")},
         "files": totals["files"],
+        "files_failed": files_failed,
+        "json_encoded_columns": settings.get("json_encoded_columns", []),
         "model": cfg.model,
         "model_labels": model_info["labels"],
         "settings": settings,
@@ -583,7 +664,9 @@ def _commit_loop(store: OutputStore, stop: threading.Event, every_s: float) -> N
 def summary_line(manifest: dict, output: str) -> str:
     run = manifest["this_run"]
     rate = f"{run['words_per_s']:,.0f} words/s" if run.get("words_per_s") else "nothing new to tag"
+    failed = manifest.get("files_failed") or []
+    failed_note = f"; {len(failed)} files FAILED (see files_failed in _manifest.json; run again to retry them)" if failed else ""
     return (
         f"tagged {manifest['rows_written']:,} rows, {manifest['rows_failed']:,} errors (of {manifest['rows_read']:,} read, "
-        f"{manifest['files']} files); this run: {run.get('words', 0):,} words in {run['seconds']:.1f}s, {rate} -> {output}"
+        f"{manifest['files']} files); this run: {run.get('words', 0):,} words in {run['seconds']:.1f}s, {rate} -> {output}{failed_note}"
     )

@@ -119,8 +119,54 @@ def s3_server():
             "AWS_ENDPOINT_URL": endpoint,
         }
     )
+    _MOTO["faults"] = S3Faults(server._server.app)
+    server._server.app = _MOTO["faults"]
     yield endpoint
     server.stop()
+
+
+_MOTO: dict = {}
+
+
+class S3Faults:
+    """In front of the loopback S3 server: GETs of chosen objects fail the way a network does.
+
+    ``drop(bucket, key, times)``: the next ``times`` GETs of the object send half the body
+    and close (a dropped connection; ``None``: until ``heal``). Storage faults for tests of
+    what the jobs do about them, injected below the S3 client, with no switch in the jobs.
+    """
+
+    def __init__(self, app):
+        self.app = app
+        self.plan: dict[str, int | None] = {}
+
+    def drop(self, bucket: str, key: str, times: int | None = None) -> None:
+        self.plan[f"/{bucket}/{key}"] = times
+
+    def heal(self) -> None:
+        self.plan.clear()
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if environ["REQUEST_METHOD"] != "GET" or path not in self.plan:
+            return self.app(environ, start_response)
+        left = self.plan[path]
+        if left is not None:
+            if left <= 1:
+                del self.plan[path]
+            else:
+                self.plan[path] = left - 1
+        response = {}
+        body = b"".join(self.app(environ, lambda status, headers, exc_info=None: response.update(status=status, headers=headers)))
+        start_response(response["status"], response["headers"])  # the full Content-Length ...
+        return [body[: len(body) // 2]]  # ... and half the bytes
+
+
+@pytest.fixture
+def s3_faults(s3_server):
+    """The loopback S3 server's fault injector (see ``S3Faults``); healed after the test."""
+    yield _MOTO["faults"]
+    _MOTO["faults"].heal()
 
 
 @pytest.fixture
