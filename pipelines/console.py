@@ -191,6 +191,11 @@ class Stage:
                 self._drawn_at = now
                 _draw(self, self.line())
 
+    def discard(self) -> None:
+        """End without a final line (a placeholder the next stage replaces; on a terminal it draws over it)."""
+        with self._lock:
+            self._closed = True
+
     def finish(self, note: str | None = None) -> None:
         with self._lock:
             if self._closed:

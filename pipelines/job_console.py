@@ -105,8 +105,10 @@ class TrainingMonitor:
 
     def _step(self, e: dict) -> None:
         if self.epoch != e["epoch"]:
-            if self.stage is not None:
-                self.stage.finish()
+            if self.stage is not None and self.stage.unit is None and self.epoch is not None:
+                self.stage.discard()  # the wait between epochs (checkpoint, next epoch's start)
+            elif self.stage is not None:
+                self.stage.finish()  # e.g. how long the workers took to start
             self.epoch = e["epoch"]
             self.stage = Stage(f"epoch {e['epoch'] + 1}/{self.epochs}", total=e["batches"], unit="batches")
         self.stage.update(e["batch"], note=f"loss {e['loss']:.4f}  {e['tokens_per_s']:,.0f} tokens/s")

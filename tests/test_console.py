@@ -70,6 +70,9 @@ def test_progress_line_in_a_log_is_periodic_and_ends_with_the_final_state():
     assert len(lines) == 3 and "\r" not in out.getvalue()
     stage.update(200)  # after finish: ignored
     assert len(out.getvalue().splitlines()) == 3
+    waiting = Stage("epoch 2/2", unit=None, stream=out, log_every_s=0)
+    waiting.discard()  # a placeholder the next line replaces: never printed
+    assert len(out.getvalue().splitlines()) == 3
     assert [format_duration(s) for s in (5, 75, 3725)] == ["0:05", "1:15", "1:02:05"]
 
 
