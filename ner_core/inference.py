@@ -41,7 +41,8 @@ class WordTagger:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.settings = settings
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        # ``model.device``: an HF model, or a ``ner_core.runtime`` engine (which has no parameters)
+        self.device = torch.device(device) if device is not None else torch.device(model.device)
         self.model.to(self.device)
         self.autocast_dtype = autocast_dtype
         self.labels = LabelMap.from_id2label(model.config.id2label)
