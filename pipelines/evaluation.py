@@ -17,7 +17,8 @@ from ner_core.labels import SCHEMES
 from ner_core.metrics import evaluate_tags
 from ner_core.precision import autocast_dtype, check_mixed_precision
 from ner_core.report import evaluation_report, write_report
-from ner_core.tagger import load_tagger, load_tokenizer, resolve_model_path
+from ner_core.runtime import RUNTIMES, check_runtime, load_runtime
+from ner_core.tagger import load_tokenizer, resolve_model_path
 from pipelines.console import Stage
 from pipelines.labelled_data import read_labelled
 
@@ -38,9 +39,11 @@ class EvaluateConfig:
     batch_size: int | None = None
     torch_threads: int | None = None
     mixed_precision: str = field(default="auto", metadata={"help": "as for jobs.tag: auto (fp32 on CPU) | bf16 | none; score in the precision you tag in"})
+    runtime: str = field(default="torch", metadata={"help": f"as for jobs.tag: {' | '.join(RUNTIMES)}; score on the engine you tag with"})
 
     def __post_init__(self):
         check_mixed_precision(self.mixed_precision)
+        check_runtime(self.runtime, self.mixed_precision)
         if self.scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
 
@@ -72,7 +75,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
 
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    model = load_tagger(cfg.model)
+    model = load_runtime(cfg.model, cfg.runtime, threads=torch.get_num_threads())
     tokenizer = load_tokenizer(cfg.model)
     settings = inference_settings_for(
         cfg.model, max_length=cfg.max_length, stride=cfg.stride, batch_size=cfg.batch_size, context_length=cfg.context_length
@@ -80,7 +83,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     # document context exactly as in training (the setting comes from the model's metrics.json)
     rows = read_labelled(cfg.data, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column, settings.context_length).take_all()
     rows.sort(key=lambda r: (r["source"], r["line"]))
-    dtype = autocast_dtype(cfg.mixed_precision, next(model.parameters()).device.type)
+    dtype = autocast_dtype(cfg.mixed_precision, model.device.type)
     stage = Stage(f"predicting {len(rows):,} sentences", unit="windows")
     pred = WordTagger(model, tokenizer, settings, autocast_dtype=dtype).predict(
         [list(r["tokens"]) for r in rows],
@@ -90,7 +93,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     stage.finish()
     metrics = evaluate_tags([list(r["tags"]) for r in rows], pred, scheme="IOB2", mode="strict")
     metrics["model"], metrics["data"] = cfg.model, cfg.data
-    metrics["settings"] = {"max_length": settings.max_length, "stride": settings.stride, "context_length": settings.context_length}
+    metrics["settings"] = {"max_length": settings.max_length, "stride": settings.stride, "context_length": settings.context_length, "runtime": cfg.runtime}
     if cfg.report:
         metrics["report"] = write_report(cfg.report, evaluation_report(metrics))
     if cfg.json:

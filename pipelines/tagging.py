@@ -31,6 +31,7 @@ from ray.data.datasource import Datasink
 from ner_core.alignment import Window, encode_batch
 from ner_core.documents import BadRow, Document, document_from_text, document_from_tokens
 from ner_core.precision import autocast_dtype, check_mixed_precision
+from ner_core.runtime import RUNTIMES, check_runtime
 from ner_core.spans import extract_spans
 from pipelines.cluster import parse_resources, require_reachable
 from pipelines.console import verbose
@@ -47,8 +48,8 @@ _EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".jso
 # Settings that change what is written: a resumed run must use the same ones.
 # model_identity: a hash of the model's files (a retrained model at the same path is another
 # model); max_length: the window length used (after clamping to the model's limit);
-# precision: what --mixed-precision means on the actors' device.
-_OUTPUT_SETTINGS = ("model", "model_identity", "input", "format", "output_format", "text_column", "tokens_column", "id_column", "max_length", "stride", "precision")
+# precision: what --mixed-precision means on the actors' device; runtime: the engine (int8 moves labels).
+_OUTPUT_SETTINGS = ("model", "model_identity", "input", "format", "output_format", "text_column", "tokens_column", "id_column", "max_length", "stride", "precision", "runtime")
 
 
 def _help(text: str, **extra: Any) -> dict:
@@ -85,6 +86,7 @@ class TagConfig:
     rows_per_block: int = field(default=1024, metadata=_help("rows per read block (memory per block in flight)"))
     rows_per_file: int = field(default=10_000, metadata=_help("rows gathered per output file (fewer when a source file ends)"))
     mixed_precision: str = field(default="auto", metadata=_help("auto (bf16 on GPU, fp32 on CPU) | bf16 (GPU, or CPU with AVX512-BF16/AMX: ~3x faster) | fp16 (GPU) | none"))
+    runtime: str = field(default="torch", metadata=_help(f"model engine: {' | '.join(RUNTIMES)} (ONNX Runtime on CPU, fp32 or int8 weights; check its F1 with jobs.evaluate --runtime first)"))
     read_tasks: int | None = field(default=None, metadata=_help("parallel read tasks, at most one per input file (default: one per file; 1 reads files in order)"))
     read_attempts: int = field(default=4, metadata=_help("attempts to read a file that fails part-way (dropped connection, 5xx) before it is reported failed"))
     read_retry_delay_s: float = field(default=1.0, metadata=_help("wait before the second read attempt; doubles for each further one"))
@@ -97,6 +99,9 @@ class TagConfig:
         if self.output_format not in FORMATS:
             raise ValueError(f"--output-format must be one of {FORMATS}, got {self.output_format!r}")
         check_mixed_precision(self.mixed_precision)
+        check_runtime(self.runtime, self.mixed_precision)
+        if self.runtime != "torch" and self.gpus_per_actor:
+            raise ValueError(f"--runtime {self.runtime} runs on CPU; with --gpus-per-actor use --runtime torch")
         if self.mixed_precision == "fp16" and not self.gpus_per_actor:
             raise ValueError("--mixed-precision fp16 needs --gpus-per-actor > 0; on CPU use bf16 or none")
         for name in ("batch_size", "window_batch_size", "max_length", "rows_per_block", "rows_per_file", "read_attempts"):
@@ -245,20 +250,21 @@ def preprocess(batch: pa.Table, *, model: str, model_identity: str, text_column:
 class TagActor:
     """Holds one model; tags the windows of a batch of rows in length-sorted forward passes."""
 
-    def __init__(self, model: str, model_identity: str, window_batch_size: int, max_length: int, stride: int, use_gpu: bool, torch_threads: int, mixed_precision: str, progress=None):
+    def __init__(self, model: str, model_identity: str, window_batch_size: int, max_length: int, stride: int, use_gpu: bool, torch_threads: int, mixed_precision: str, runtime: str = "torch", progress=None):
         import torch
 
         from pipelines.progress import Reporter
 
         from ner_core.inference import InferenceSettings, WordTagger
-        from ner_core.tagger import load_tagger
+        from ner_core.runtime import load_runtime
 
         torch.set_num_threads(max(1, torch_threads))
         path = local_model_dir(model, model_identity)
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         dtype = autocast_dtype(mixed_precision, device)
         settings = InferenceSettings(max_length=max_length, stride=stride, batch_size=window_batch_size)
-        self.tagger = WordTagger(load_tagger(path), _tokenizer(model, model_identity), settings, device=device, autocast_dtype=dtype)
+        engine = load_runtime(path, runtime, threads=max(1, torch_threads))  # torch, or ONNX Runtime (exported once per model version, cached)
+        self.tagger = WordTagger(engine, _tokenizer(model, model_identity), settings, device=device, autocast_dtype=dtype)
         self.progress = Reporter(progress)  # rows tagged, for the driver's progress line
 
     def _windows(self, ids, words, spans) -> list[Window]:
@@ -600,6 +606,7 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
                 "use_gpu": use_gpu,
                 "torch_threads": threads,
                 "mixed_precision": cfg.mixed_precision,
+                "runtime": cfg.runtime,
                 "progress": monitor.board,
             },
             compute=ActorPoolStrategy(min_size=lo, max_size=hi),
