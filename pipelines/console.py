@@ -142,7 +142,7 @@ class Stage:
         elapsed = time.monotonic() - self.started
         return self.done / elapsed if elapsed > 0 else 0.0
 
-    def line(self, final: bool = False) -> str:
+    def line(self, final: bool = False, ended: str = "done") -> str:
         elapsed = time.monotonic() - self.started
         parts = []
         if self.unit:
@@ -155,7 +155,7 @@ class Stage:
         if self.note:
             parts.append(self.note)
         if final:
-            parts.append(f"done in {format_duration(elapsed)}")
+            parts.append(f"{ended} {'in' if ended == 'done' else 'after'} {format_duration(elapsed)}")
         else:
             eta = self._eta
             if eta is None and self.unit and self.total and self.done and self.rate():
@@ -196,14 +196,15 @@ class Stage:
         with self._lock:
             self._closed = True
 
-    def finish(self, note: str | None = None) -> None:
+    def finish(self, note: str | None = None, ended: str = "done") -> None:
+        """Draw the final line: ``... done in 1:02`` (``ended="stopped"`` after a failure or Ctrl-C)."""
         with self._lock:
             if self._closed:
                 return
             if note is not None:
                 self.note = note
             self._closed = True
-            _draw(self, self.line(final=True), end=True)
+            _draw(self, self.line(final=True, ended=ended), end=True)
 
 
 _live: dict = {"stage": None}  # the stage whose line is on screen now (terminal only)

@@ -90,7 +90,7 @@ class TrainingMonitor:
     def __exit__(self, *exc) -> None:
         self.follower.__exit__(*exc)
         if self.stage is not None:
-            self.stage.finish()
+            self.stage.finish(ended="done" if exc[0] is None else "stopped")
         if self.writer is not None:
             self.writer.close()
 
@@ -225,7 +225,7 @@ class TaggingMonitor:
         if self.stage is not None:
             if exc[0] is None:
                 self.stage.total = self.stage.done  # the estimate, replaced by what was read
-            self.stage.finish()
+            self.stage.finish(ended="done" if exc[0] is None else "stopped")
 
 
 def tagging_summary(manifest: dict, output: str) -> None:
