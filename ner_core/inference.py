@@ -104,4 +104,12 @@ class WordTagger:
         contexts: Sequence[tuple[Sequence[str], Sequence[str]] | None] | None = None,
     ) -> list[list[str]]:
         """IOB2 labels per word for each document (always a valid IOB2 sequence)."""
-        return [repair(self.labels.decode(ids), "IOB2") for ids in self.predict_ids(docs, on_batch, contexts)]
+        return [self.decode(ids) for ids in self.predict_ids(docs, on_batch, contexts)]
+
+    def decode(self, label_ids: Sequence[int]) -> list[str]:
+        """One document's label ids -> its IOB2 labels, repaired to a valid sequence.
+
+        The one place predictions become tags: ``predict`` and the bulk tagger's
+        actors (which predict from windows encoded elsewhere) both end here.
+        """
+        return repair(self.labels.decode(label_ids), "IOB2")

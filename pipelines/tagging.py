@@ -286,8 +286,6 @@ class TagActor:
         return on_batch
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from ner_core.labels import repair
-
         errors = batch.column(ERROR).to_pylist()
         raws = batch.column(RAW).to_pylist()
         tokens = batch.column("tokens").to_pylist()
@@ -312,7 +310,7 @@ class TagActor:
         for i, label_ids in ids.items():
             if errors[i] is not None:
                 continue
-            labels[i] = repair(self.tagger.labels.decode(label_ids), "IOB2")
+            labels[i] = self.tagger.decode(label_ids)
             offsets = None
             if texts[i] is not None:
                 from ner_core.text import Word
@@ -654,18 +652,11 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
 
 def _commit_loop(store: OutputStore, stop: threading.Event, every_s: float) -> None:
     """Commit finished source files while the job runs, so a kill loses only files in flight."""
-    # Test hook: SIGKILL this driver once N files are committed, to test resume against a real kill.
-    kill_after = int(os.environ.get("RAY_NER_TEST_KILL_AFTER_COMMITS", "0"))
-    committed = 0
     while not stop.wait(every_s):
         try:
-            committed += len(store.commit_ready())
+            store.commit_ready()
         except Exception as exc:  # noqa: BLE001 - a failed listing is retried next round and at the end
             log.warning("commit pass failed (will retry): %s", exc)
-        if kill_after and committed >= kill_after:
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def summary_line(manifest: dict, output: str) -> str:

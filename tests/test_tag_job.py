@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -160,9 +161,14 @@ def test_killed_run_resumes_to_the_same_output(ray_cluster, tiny_tagger, tmp_pat
     assert tag_job.main([*args, "--output", str(whole)]) == 0
 
     resumed = tmp_path / "resumed"
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "RAY_NER_TEST_KILL_AFTER_COMMITS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "jobs.tag", *args, "--output", str(resumed)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -9, proc.stderr[-2000:]  # SIGKILLed part-way
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.tag", *args, "--output", str(resumed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # kill -9 the job the moment its first input file is committed, as a crash or a lost node would
+    deadline = time.monotonic() + 300
+    while not list((resumed / "_done").glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.kill()
+    assert proc.wait(timeout=30) == -9, proc.stderr.read()[-2000:]  # killed part-way, not finished
     done_at_kill = len(list((resumed / "_done").glob("*.json")))
     assert 1 <= done_at_kill < 5 and not (resumed / "_manifest.json").exists()
 
