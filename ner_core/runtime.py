@@ -221,15 +221,21 @@ def quantize_int8(fp32_path: str, path: str) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     keep = classifier_nodes(onnx.load(fp32_path, load_external_data=False))
-    quantize_dynamic(
-        fp32_path,
-        path,
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul", "Gemm"],
-        nodes_to_exclude=keep,
-        extra_options={"MatMulConstBOnly": True},
-    )
+    # the quantiser logs a line per tensor and a pre-processing hint on the root logger;
+    # a job's console is no place for them (the step itself is logged by onnx_model_file)
+    logging.disable(logging.WARNING)
+    try:
+        quantize_dynamic(
+            fp32_path,
+            path,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            nodes_to_exclude=keep,
+            extra_options={"MatMulConstBOnly": True},
+        )
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def classifier_nodes(model) -> list[str]:
