@@ -110,3 +110,16 @@ def test_a_head_of_another_size_is_one_line_before_training(ray_cluster, tiny_di
     with pytest.raises(ConfigError, match=r"has 3 unnamed outputs \(LABEL_0\.\.LABEL_2\) but the training data has 9 labels"):
         train_job.main(args)
     assert not (tmp_path / "out" / "_ray").exists()
+
+
+def test_the_same_rule_holds_for_an_encoder_only_tagger_saved_with_a_head(ray_cluster, unnamed_decoder, iob_data, tmp_path):
+    """--arch encoder on a saved 3-way token classifier: its head takes the data's names, or a size error."""
+    from ner_core.labels import LabelMismatchError
+    from pipelines.labelled_data import read_labelled
+    from pipelines.training import TrainConfig, _labels_for
+
+    cfg = TrainConfig(arch="encoder", encoder=unnamed_decoder, train=str(iob_data / "train.txt"), output=str(tmp_path / "out"))
+    assert _labels_for(cfg, read_labelled(cfg.train)).labels == ("O", "B", "I")
+    write_conll(tmp_path / "typed.txt", make_sentences(20, seed=1))
+    with pytest.raises(LabelMismatchError, match="3 unnamed outputs"):
+        _labels_for(cfg, read_labelled(str(tmp_path / "typed.txt")))
