@@ -191,7 +191,7 @@ def tagging_plan(cfg, files: int, done_files: int, fmt: str, total_rows: int | N
     print_plan(
         f"ray-ner tag: {cfg.model}",
         [
-            ("input", f"{cfg.input} ({files} {fmt} file{'s' if files != 1 else ''}{done}{rows}; column {cfg.tokens_column or cfg.text_column})"),
+            ("input", f"{cfg.input} ({files} {fmt} file{'s' if files != 1 else ''}{done}{rows}; column {cfg.column})"),
             ("resources", f"{actors} tagging actor(s) x {per}, reading tasks {cfg.cpus_per_task:g} CPU; {cluster_line()}"),
             ("output", f"{cfg.output} ({cfg.output_format})"),
         ],

@@ -14,7 +14,7 @@ tagger reads: JSON has no schema, so a field may be ``3`` in one row and
 ``"d-4"`` in the next, or in the next file, and blocks typed independently
 would disagree (Ray fails concatenating them) or need values re-encoded. The
 writer gives each row's values back from its original text (see
-``tagging.TaggedOutputSink``; Parquet output types each column once per job
+``tag_sink.TaggedOutputSink``; Parquet output types each column once per job
 from ``scan_jsonl_columns``).
 
 A read that fails part-way through a file (a dropped connection, a 5xx) is
@@ -58,6 +58,12 @@ def records_to_table(records: list[dict[str, Any]]) -> pa.Table:
     for r in records:
         names.update(dict.fromkeys(r))
     return pa.table({n: _column([r.get(n) for r in records]) for n in names})
+
+
+def raw_row(table: pa.Table, i: int) -> str:
+    """Row ``i`` as JSON text (internal columns aside): the ``raw`` of an error record for a Parquet row."""
+    row = {k: v for k, v in table.slice(i, 1).to_pylist()[0].items() if not k.startswith(INTERNAL_PREFIX)}
+    return json.dumps(row, ensure_ascii=False, default=str)
 
 
 def _error(key: str, row: int, reason: str, raw: str | None) -> dict[str, Any]:

@@ -1,0 +1,103 @@
+"""Stage 3 of tagging (an actor pool): the model, loaded once per actor, tags windows in batches.
+
+An actor call gets a few thousand rows (``--batch-size``); their windows are
+sorted by length across the whole call, so each forward pass pads little.
+Predictions become labels in ``WordTagger.decode`` (label map + IOB2 repair), the
+one place the training job's dev scoring and ``jobs.evaluate`` also use.
+A row whose windows break the model (it should not happen, but one bad row
+must not cost the batch) is retried alone and becomes an error row.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+
+from ner_core.alignment import Window
+from ner_core.documents import Document
+from ner_core.spans import extract_spans
+from ner_core.text import Word
+from pipelines.tag_config import TagPlan
+from pipelines.tag_input import ERROR, RAW, raw_row
+from pipelines.tag_model import cached_tokenizer, local_model_dir
+from pipelines.tag_preprocess import WINDOW_COLUMNS, WORD_COLUMNS
+
+ENTITY_TYPE = pa.struct([("type", pa.string()), ("start", pa.int64()), ("end", pa.int64()), ("text", pa.string())])
+
+
+class TagActor:
+    """Holds one model; tags the windows of a batch of rows in length-sorted forward passes."""
+
+    def __init__(self, plan: TagPlan, progress=None):
+        import torch
+
+        from ner_core.inference import InferenceSettings, WordTagger
+        from ner_core.precision import autocast_dtype
+        from ner_core.runtime import load_runtime
+        from pipelines.progress import Reporter
+
+        torch.set_num_threads(plan.torch_threads)
+        path = local_model_dir(plan.model, plan.model_identity)
+        device = "cuda" if plan.use_gpu and torch.cuda.is_available() else "cpu"
+        # windows arrive cut (tag_preprocess): only the batching settings apply here
+        settings = InferenceSettings(batch_size=plan.window_batch_size)
+        engine = load_runtime(path, plan.runtime, threads=plan.torch_threads)  # torch, or ONNX Runtime (exported once per model version, cached)
+        tokenizer = cached_tokenizer(plan.model, plan.model_identity)
+        self.tagger = WordTagger(engine, tokenizer, settings, device=device, autocast_dtype=autocast_dtype(plan.mixed_precision, device))
+        self.progress = Reporter(progress)  # rows tagged, for the driver's progress line
+
+    def _count(self, rows: int):
+        """Progress within a call, as the share of its rows whose windows are done, sent at most twice a second."""
+        sent, last = [0], [time.monotonic()]
+
+        def on_batch(done: int, total: int) -> None:
+            if time.monotonic() - last[0] >= 0.5 or done == total:
+                n = rows * done // max(total, 1) - sent[0]
+                self.progress.add("rows", n)
+                sent[0], last[0] = sent[0] + n, time.monotonic()
+
+        return on_batch
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        errors = batch.column(ERROR).to_pylist()
+        raws = batch.column(RAW).to_pylist()
+        tokens = batch.column("tokens").to_pylist()
+        good = [i for i, e in enumerate(errors) if e is None]
+        cols = {c: batch.column(c).to_pylist() for c in WINDOW_COLUMNS}
+        per_doc = {i: _windows(*(cols[c][i] for c in WINDOW_COLUMNS)) for i in good}
+        ids: dict[int, list[int]] = {}
+        try:
+            ids.update(zip(good, self.tagger.predict_windows([per_doc[i] for i in good], [len(tokens[i]) for i in good], on_batch=self._count(len(good)))))
+        except Exception:  # noqa: BLE001 - find the row that breaks the batch; the others still get tagged
+            for i in good:
+                try:
+                    ids[i] = self.tagger.predict_windows([per_doc[i]], [len(tokens[i])])[0]
+                except Exception as exc:  # noqa: BLE001
+                    errors[i], raws[i] = f"tagging failed: {type(exc).__name__}: {exc}", raws[i] or raw_row(batch, i)
+        self.progress.add("rows", batch.num_rows - len(good))  # rows that failed before the model
+        texts = batch.column("__text").to_pylist()
+        starts, ends = batch.column("__starts").to_pylist(), batch.column("__ends").to_pylist()
+        labels: list[list[str] | None] = [None] * batch.num_rows
+        entities: list[list[dict] | None] = [None] * batch.num_rows
+        subwords = [0] * batch.num_rows
+        for i, label_ids in ids.items():
+            if errors[i] is not None:
+                continue
+            labels[i] = self.tagger.decode(label_ids)
+            offsets = None if texts[i] is None else [Word(t, s, e) for t, s, e in zip(tokens[i], starts[i], ends[i])]
+            entities[i] = Document(tokens[i], texts[i], offsets).entities(extract_spans(labels[i]))
+            subwords[i] = sum(len(w) for w in cols["__win_ids"][i])
+        out = batch.drop_columns([c for c in (*WINDOW_COLUMNS, *WORD_COLUMNS, ERROR, RAW) if c in batch.column_names])
+        return (
+            out.append_column("labels", pa.array(labels, pa.list_(pa.string())))
+            .append_column("entities", pa.array(entities, pa.list_(ENTITY_TYPE)))
+            .append_column(ERROR, pa.array(errors, pa.string()))
+            .append_column(RAW, pa.array(raws, pa.string()))
+            .append_column("__subwords", pa.array(subwords, pa.int64()))
+        )
+
+
+def _windows(ids, words, spans) -> list[Window]:
+    """A row's windows back from their list columns (word id -1: no word)."""
+    return [Window(list(i), [1] * len(i), [None if x < 0 else x for x in w], None, s[0], s[1]) for i, w, s in zip(ids, words, spans)]

@@ -1,0 +1,174 @@
+"""Settings of the tagging job: what the user sets (``TagConfig``) and what the stages use (``TagPlan``).
+
+``TagConfig`` is the command line (``jobs.tag`` builds its flags from the fields).
+``TagPlan`` is worked out from it once, on the driver, after the model and the
+input have been looked at (the window length clamped to the model's positions,
+the column to read, the actor pool's size and threads), and is the one object
+the reader, preprocessing and the actors receive: no stage works a value out again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ner_core.precision import check_mixed_precision
+from ner_core.runtime import RUNTIMES, check_runtime
+from pipelines.cluster import parse_resources
+
+FORMATS = ("parquet", "jsonl")
+EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".jsonl.gz": "jsonl", ".json.gz": "jsonl"}
+# Settings that change what is written: a resumed run must use the same ones.
+# model_identity: a hash of the model's files (a retrained model at the same path is another
+# model); max_length: the window length used (after clamping to the model's limit);
+# precision: what --mixed-precision means on the actors' device; runtime: the engine (int8 moves labels).
+OUTPUT_SETTINGS = ("model", "model_identity", "input", "format", "output_format", "text_column", "tokens_column", "id_column", "max_length", "stride", "precision", "runtime")
+
+
+class TagRunError(ValueError):
+    """The job cannot run (bad settings, unreadable model or input); reported as one line."""
+
+
+def _help(text: str, **extra: Any) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass
+class TagConfig:
+    """Every setting of ``jobs.tag`` and its default."""
+
+    model: str | None = field(default=None, metadata=_help("trained model directory (local or s3://), or 'minilm' for an untrained smoke test"))
+    input: str | None = field(default=None, metadata=_help("input file, folder or glob; local or s3://"))
+    output: str | None = field(default=None, metadata=_help("output folder; local or s3://"))
+    format: str | None = field(default=None, metadata=_help("input format: parquet | jsonl (default: from the file extensions)"))
+    output_format: str = field(default="parquet", metadata=_help("parquet | jsonl"))
+    text_column: str = field(default="text", metadata=_help("column with raw text (split into words with character offsets)"))
+    tokens_column: str | None = field(default=None, metadata=_help("column with pre-split words (list of strings); replaces --text-column"))
+    id_column: str | None = field(default=None, metadata=_help("column identifying a row; copied into error records"))
+    # Rows per actor call. Large, because windows are length-sorted within a call: the
+    # more rows sorted together, the less padding per forward pass (512 -> 2048 rows was
+    # 1.5x faster on CPU for CoNLL-length sentences; the rows cost a few MB).
+    batch_size: int = field(default=2048, metadata=_help("rows per actor call (windows are length-sorted within it)"))
+    window_batch_size: int = field(default=64, metadata=_help("windows per forward pass"))
+    actors: str = field(default="1", metadata=_help("actor pool size: N, or MIN-MAX to autoscale"))
+    cpus_per_actor: float = field(default=1.0, metadata=_help("CPUs reserved per actor (fractional allowed; keep some free for reading)"))
+    gpus_per_actor: float = field(default=0.0, metadata=_help("GPUs per actor; fractional to share a GPU between actors"))
+    cpus_per_task: float = field(default=0.25, metadata=_help("CPUs per read/preprocess/write task; differs from --cpus-per-actor so preprocessing is not fused into the actors"))
+    actor_resources: str | dict[str, float] | None = field(default=None, metadata=_help("custom Ray resources per actor, NAME=AMOUNT[,...] (e.g. gpu_node=1): pins actors to the node types that declare them"))
+    task_resources: str | dict[str, float] | None = field(default=None, metadata=_help("custom Ray resources per read/preprocess/write task, NAME=AMOUNT[,...]"))
+    output_shared: bool = field(default=False, metadata=_help("the local --output is a shared mount (NFS, EFS) that every node sees at the same path; needed for a local --output on a cluster of several nodes"))
+    torch_threads: int | None = field(default=None, metadata=_help("torch threads per actor (default: its CPUs, at least 1)"))
+    max_length: int = field(default=256, metadata=_help("subword window length (at most the model's maximum)"))
+    stride: int = field(default=64, metadata=_help("subword overlap between windows of long documents"))
+    rows_per_block: int = field(default=1024, metadata=_help("rows per read block (memory per block in flight)"))
+    rows_per_file: int = field(default=10_000, metadata=_help("rows gathered per output file (fewer when a source file ends)"))
+    mixed_precision: str = field(default="auto", metadata=_help("auto (bf16 on GPU, fp32 on CPU) | bf16 (GPU, or CPU with AVX512-BF16/AMX: ~3x faster) | fp16 (GPU) | none"))
+    runtime: str = field(default="torch", metadata=_help(f"model engine: {' | '.join(RUNTIMES)} (ONNX Runtime on CPU, fp32 or int8 weights; check its F1 with jobs.evaluate --runtime first)"))
+    read_tasks: int | None = field(default=None, metadata=_help("parallel read tasks, at most one per input file (default: one per file; 1 reads files in order)"))
+    read_attempts: int = field(default=4, metadata=_help("attempts to read a file that fails part-way (dropped connection, 5xx) before it is reported failed"))
+    read_retry_delay_s: float = field(default=1.0, metadata=_help("wait before the second read attempt; doubles for each further one"))
+    commit_every_s: float = field(default=5.0, metadata=_help("how often finished input files are committed while the job runs"))
+    overwrite: bool = field(default=False, metadata=_help("delete an existing output folder's contents first"))
+
+    def __post_init__(self):
+        if self.format is not None and self.format not in FORMATS:
+            raise ValueError(f"--format must be one of {FORMATS}, got {self.format!r}")
+        if self.output_format not in FORMATS:
+            raise ValueError(f"--output-format must be one of {FORMATS}, got {self.output_format!r}")
+        check_mixed_precision(self.mixed_precision)
+        check_runtime(self.runtime, self.mixed_precision)
+        if self.runtime != "torch" and self.gpus_per_actor:
+            raise ValueError(f"--runtime {self.runtime} runs on CPU; with --gpus-per-actor use --runtime torch")
+        if self.mixed_precision == "fp16" and not self.gpus_per_actor:
+            raise ValueError("--mixed-precision fp16 needs --gpus-per-actor > 0; on CPU use bf16 or none")
+        for name in ("batch_size", "window_batch_size", "max_length", "rows_per_block", "rows_per_file", "read_attempts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.stride < 0:
+            raise ValueError("--stride must be >= 0")
+        if self.cpus_per_actor < 0 or self.gpus_per_actor < 0:
+            raise ValueError("--cpus-per-actor and --gpus-per-actor must be >= 0")
+        self.actor_range()
+        parse_resources(self.actor_resources)
+        parse_resources(self.task_resources)
+
+    @property
+    def column(self) -> str:
+        """The input column the tagger reads: pre-split words if given, else raw text."""
+        return self.tokens_column or self.text_column
+
+    @property
+    def pretokenized(self) -> bool:
+        return self.tokens_column is not None
+
+    def actor_range(self) -> tuple[int, int]:
+        """``"2"`` -> (2, 2); ``"1-4"`` -> (1, 4)."""
+        text = str(self.actors).replace(",", "-")
+        try:
+            parts = [int(p) for p in text.split("-")]
+        except ValueError:
+            raise ValueError(f"--actors must be N or MIN-MAX, got {self.actors!r}") from None
+        lo, hi = (parts[0], parts[0]) if len(parts) == 1 else tuple(parts)
+        if len(parts) > 2 or lo < 1 or hi < lo:
+            raise ValueError(f"--actors must be N or MIN-MAX with 1 <= MIN <= MAX, got {self.actors!r}")
+        return lo, hi
+
+
+def infer_format(paths: list[str]) -> str:
+    formats = set()
+    for p in paths:
+        name = p.lower()
+        ext = next((e for e in sorted(EXTENSIONS, key=len, reverse=True) if name.endswith(e)), None)
+        if ext is None:
+            raise ValueError(f"cannot tell the format of {p}; pass --format parquet|jsonl")
+        formats.add(EXTENSIONS[ext])
+    if len(formats) > 1:
+        raise ValueError(f"input mixes formats {sorted(formats)}; tag them in separate runs or pass --format")
+    return formats.pop()
+
+
+def precision(cfg: TagConfig) -> str:
+    """The arithmetic the actors use, as recorded with the output: ``auto`` on CPU is fp32."""
+    if cfg.mixed_precision == "none" or (cfg.mixed_precision == "auto" and not cfg.gpus_per_actor):
+        return "fp32"
+    return cfg.mixed_precision if cfg.mixed_precision != "auto" else "auto (GPU: bf16, or fp16 where unsupported)"
+
+
+@dataclass(frozen=True)
+class TagPlan:
+    """What the stages of one run use, each value worked out once (``TagPlan.resolve``)."""
+
+    model: str
+    model_identity: str  # hash of the model's files: workers load exactly this version
+    format: str  # of the input
+    column: str
+    pretokenized: bool
+    max_length: int  # clamped to the model's positions
+    stride: int
+    window_batch_size: int
+    min_actors: int
+    max_actors: int
+    torch_threads: int
+    use_gpu: bool
+    mixed_precision: str
+    runtime: str
+
+    @classmethod
+    def resolve(cls, cfg: TagConfig, model_identity: str, max_positions: int | None, fmt: str) -> "TagPlan":
+        lo, hi = cfg.actor_range()
+        return cls(
+            model=cfg.model,
+            model_identity=model_identity,
+            format=fmt,
+            column=cfg.column,
+            pretokenized=cfg.pretokenized,
+            max_length=min(cfg.max_length, max_positions) if max_positions else cfg.max_length,
+            stride=cfg.stride,
+            window_batch_size=cfg.window_batch_size,
+            min_actors=lo,
+            max_actors=hi,
+            torch_threads=cfg.torch_threads or max(1, int(cfg.cpus_per_actor)),
+            use_gpu=cfg.gpus_per_actor > 0,
+            mixed_precision=cfg.mixed_precision,
+            runtime=cfg.runtime,
+        )

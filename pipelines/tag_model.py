@@ -1,0 +1,86 @@
+"""The model on the driver and on the workers: which version, where its files are, that it loads.
+
+A model is named by its path (local or s3://) and pinned by ``model_identity``, a
+hash of its files worked out once on the driver: every actor loads that version
+or fails, so a model retrained mid-run cannot mix two versions in one output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+
+from pipelines.tag_config import TagRunError
+
+
+def model_identity(model: str) -> str:
+    """A hash of the model's files (ETags on S3, contents locally): changes when the model is retrained."""
+    from ner_core.tagger import resolve_model_path
+    from pipelines.storage import tree_identity
+
+    return tree_identity(resolve_model_path(model))
+
+
+@lru_cache(maxsize=4)
+def local_model_dir(model: str, identity: str) -> str:
+    """A local directory holding version ``identity`` (``model_identity``) of ``model``.
+
+    s3:// models are copied once per node and version into a cache keyed by the URI *and*
+    the files' identity: a retrained model uploaded to the same URI gets a new cache entry
+    instead of the old copy being served forever. The copy is checked against ``identity``
+    after the download, so a model replaced mid-run fails loudly instead of mixing versions.
+    """
+    from ner_core.tagger import resolve_model_path
+    from pipelines.storage import fsspec_filesystem, is_s3, strip_scheme
+
+    if not is_s3(model):
+        return resolve_model_path(model)
+    cache = os.path.join(os.path.expanduser("~/.cache/ray-ner/models"), f"{hashlib.sha1(model.encode()).hexdigest()[:16]}-{identity}")
+    if not os.path.isdir(cache):
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=os.path.dirname(cache))
+        fsspec_filesystem(model).get(strip_scheme(model).rstrip("/") + "/", tmp + "/", recursive=True)
+        if model_identity(model) != identity:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RuntimeError(f"model {model} changed while this job was running; run the job again")
+        try:
+            os.rename(tmp, cache)
+        except OSError:  # another process on this node finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return cache
+
+
+@lru_cache(maxsize=4)
+def cached_tokenizer(model: str, identity: str):
+    """The model's tokenizer, loaded once per process (preprocessing tasks reuse their worker)."""
+    from ner_core.tagger import load_tokenizer
+
+    return load_tokenizer(local_model_dir(model, identity))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    identity: str
+    model_type: str
+    labels: list[str]
+    max_positions: int | None  # the smallest position limit of the encoder and decoder
+
+
+def check_model(model: str) -> ModelInfo:
+    """Fail fast, on the driver, when the model cannot be loaded (before any cluster work)."""
+    from transformers import AutoConfig
+
+    try:
+        identity = model_identity(model)
+        path = local_model_dir(model, identity)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        cached_tokenizer(model, identity)
+    except Exception as exc:  # noqa: BLE001 - any loading failure means the same thing to the user
+        raise TagRunError(f"cannot load model {model!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    limits = [getattr(c, "max_position_embeddings", None) for c in (config, getattr(config, "encoder", None), getattr(config, "decoder", None))]
+    limits = [n for n in limits if isinstance(n, int) and n > 0]
+    return ModelInfo(identity, config.model_type, [config.id2label[i] for i in sorted(config.id2label)], min(limits) if limits else None)

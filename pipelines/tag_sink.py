@@ -1,0 +1,151 @@
+"""Stage 4 of tagging: a Ray Data datasink that writes tagged rows and error rows per source file.
+
+Each write call gets the blocks of one output task and writes, per source file,
+one piece of tagged rows and one piece of error records into the output's
+staging area (``tag_store.OutputStore``). The driver commits a source file once
+all its rows are there, so the output only ever holds whole files.
+
+JSONL input comes back field for field from each row's original line (values
+exactly as read); to Parquet, each field gets one type for the whole job
+(``tag_input.scan_jsonl_columns``), or JSON text when its type varies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from ray.data.datasource import Datasink
+
+from pipelines.tag_input import ERROR, INTERNAL_PREFIX, OUTPUT_COLUMNS, RAW, ROW, SRC, decode_type
+from pipelines.tag_store import OutputStore, Piece, jsonl_bytes, parquet_bytes
+
+log = logging.getLogger(__name__)
+
+
+class TaggedOutputSink(Datasink):
+    """Ray Data datasink: each block's rows -> one tagged piece and one error piece per source file."""
+
+    def __init__(
+        self,
+        output: str,
+        output_format: str,
+        sources: dict[str, str],
+        id_column: str | None,
+        rows_per_file: int = 10_000,
+        input_format: str = "parquet",
+        jsonl_types: dict[str, str | None] | None = None,
+    ):
+        self.output = output
+        self.input_format = input_format
+        self.jsonl_types = jsonl_types or {}  # JSONL -> Parquet: field -> its type for the job, None: JSON text
+        self.rows_per_file = rows_per_file
+        self.output_format = output_format
+        self.sources = sources
+        self.id_column = id_column
+        self.totals: dict[str, int] = {}
+
+    def get_name(self) -> str:
+        return "TaggedOutput"
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_file
+
+    def write(self, blocks, ctx) -> dict[str, int]:
+        store = OutputStore(self.output)
+        stats = {"rows_written": 0, "rows_failed": 0, "words": 0, "subwords": 0}
+        tables = [b for b in blocks if b.num_rows]
+        if not tables:
+            return stats
+        # JSONL blocks may disagree on a column's type (null in one, string in another)
+        block = pa.concat_tables(tables, promote_options="permissive")
+        for key in pc.unique(block.column(SRC)).to_pylist():
+            part = block.filter(pc.equal(block.column(SRC), key))
+            failed_mask = pc.is_valid(part.column(ERROR))
+            self._write_ok(store, key, part.filter(pc.invert(failed_mask)), stats)
+            self._write_errors(store, key, part.filter(failed_mask), stats)
+        return stats
+
+    def _write_ok(self, store: OutputStore, key: str, rows: pa.Table, stats: dict) -> None:
+        if rows.num_rows == 0:
+            return
+        first = pc.min(rows.column(ROW)).as_py()
+        stats["rows_written"] += rows.num_rows
+        stats["words"] += pc.sum(pc.list_value_length(rows.column("tokens"))).as_py() or 0
+        stats["subwords"] += pc.sum(rows.column("__subwords")).as_py() or 0
+        rows = rows.sort_by(ROW)
+        if self.input_format == "jsonl":
+            # Input fields from each row's original line, so values come back exactly as read.
+            fields = [input_fields(raw) for raw in rows.column(RAW).to_pylist()]
+            outputs = rows.select(list(OUTPUT_COLUMNS))
+            if self.output_format == "parquet":
+                typed = self._typed_fields(fields)
+                data = parquet_bytes(pa.Table.from_arrays([*typed.columns, *outputs.columns], names=[*typed.column_names, *outputs.column_names]))
+            else:
+                data = jsonl_bytes([{**f, **o} for f, o in zip(fields, outputs.to_pylist())])
+        else:
+            table = rows.drop_columns([c for c in rows.column_names if c.startswith(INTERNAL_PREFIX)])
+            data = parquet_bytes(table) if self.output_format == "parquet" else jsonl_bytes(table.to_pylist())
+        store.write_piece(key, Piece("ok", first, rows.num_rows, self.output_format), data)
+
+    def _typed_fields(self, fields: list[dict]) -> pa.Table:
+        """JSONL fields as Parquet columns of the job's types: the same in every output file.
+
+        A field without one type across the whole input (``3`` here, ``"d-4"`` there) is
+        stored as the JSON text of each value (null stays null): ``json.loads`` gives the value back.
+        """
+        names = list(self.jsonl_types) + [n for n in dict.fromkeys(k for f in fields for k in f) if n not in self.jsonl_types]
+        columns = {}
+        for name in names:
+            values = [f.get(name) for f in fields]
+            encoded = self.jsonl_types.get(name)
+            if encoded is not None:
+                try:
+                    columns[name] = pa.array(values, decode_type(encoded))
+                    continue
+                except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+                    log.warning("field %r does not fit its type %s here; stored as JSON text", name, decode_type(encoded))
+            columns[name] = pa.array([None if v is None else json.dumps(v, ensure_ascii=False) for v in values], pa.string())
+        return pa.table(columns) if columns else pa.table({})
+
+    def _ids(self, rows: pa.Table) -> list | None:
+        if not self.id_column:
+            return None
+        if self.id_column in rows.column_names:
+            return rows.column(self.id_column).to_pylist()
+        if self.input_format != "jsonl":
+            return None
+        return [(input_fields(raw) if raw else {}).get(self.id_column) for raw in rows.column(RAW).to_pylist()]
+
+    def _write_errors(self, store: OutputStore, key: str, rows: pa.Table, stats: dict) -> None:
+        if rows.num_rows == 0:
+            return
+        rows = rows.sort_by(ROW)
+        ids = self._ids(rows)
+        records = []
+        for j, (row, reason, raw) in enumerate(zip(rows.column(ROW).to_pylist(), rows.column(ERROR).to_pylist(), rows.column(RAW).to_pylist())):
+            record = {"source": self.sources.get(key, key), "row": row, "reason": reason, "raw": raw}
+            if ids is not None:
+                record["id"] = ids[j]
+            records.append(record)
+        stats["rows_failed"] += len(records)
+        store.write_piece(key, Piece("err", records[0]["row"], len(records), "jsonl"), jsonl_bytes(records))
+
+    def on_write_complete(self, write_result) -> None:
+        for stats in write_result.write_returns:
+            for k, v in (stats or {}).items():
+                self.totals[k] = self.totals.get(k, 0) + v
+
+
+def input_fields(raw: str) -> dict:
+    """A JSONL row's own fields, as read (output columns and internal ``__`` names aside); {} if not an object."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return {}
+    if not isinstance(obj, dict):
+        return {}
+    return {k: v for k, v in obj.items() if not k.startswith(INTERNAL_PREFIX) and k not in OUTPUT_COLUMNS}
