@@ -24,6 +24,9 @@ class InferenceSettings:
     max_length: int = 256
     stride: int = 64
     batch_size: int = 64  # windows per forward pass
+    # Pad each batch to a multiple of this many positions, on GPU only (tensor-core friendly
+    # shapes). On CPU every padded position is computed for nothing: with length-sorted
+    # batches, exact padding made the tagging actor 12% faster on CoNLL sentences.
     pad_to_multiple_of: int | None = 8
     context_length: int = 0  # document-context subwords per side (see ner_core.alignment); the training run's
 
@@ -46,6 +49,7 @@ class WordTagger:
         self.model.to(self.device)
         self.autocast_dtype = autocast_dtype
         self.labels = LabelMap.from_id2label(model.config.id2label)
+        self.pad_to_multiple_of = settings.pad_to_multiple_of if self.device.type == "cuda" else None
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -80,7 +84,7 @@ class WordTagger:
         with torch.inference_mode(), self._autocast():
             for start in range(0, len(order), s.batch_size):
                 idx = order[start : start + s.batch_size]
-                batch = pad_windows([flat[i] for i in idx], pad_id, s.pad_to_multiple_of)
+                batch = pad_windows([flat[i] for i in idx], pad_id, self.pad_to_multiple_of)
                 input_ids = torch.tensor(batch["input_ids"], device=self.device)
                 mask = torch.tensor(batch["attention_mask"], device=self.device)
                 logits = self.model(input_ids=input_ids, attention_mask=mask).logits

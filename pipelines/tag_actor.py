@@ -1,5 +1,7 @@
 """Stage 3 of tagging (an actor pool): the model, loaded once per actor, tags windows in batches.
 
+On CPU the actor also turns its rows into windows first (``--preprocess auto``):
+preprocessing tasks running beside it would take cores from the model's threads.
 An actor call gets a few thousand rows (``--batch-size``); their windows are
 sorted by length across the whole call, so each forward pass pads little.
 Predictions become labels in ``WordTagger.decode`` (label map + IOB2 repair), the
@@ -21,7 +23,7 @@ from ner_core.text import Word
 from pipelines.tag_config import TagPlan
 from pipelines.tag_input import ERROR, RAW, raw_row
 from pipelines.tag_model import cached_tokenizer, local_model_dir
-from pipelines.tag_preprocess import WINDOW_COLUMNS, WORD_COLUMNS
+from pipelines.tag_preprocess import WINDOW_COLUMNS, WORD_COLUMNS, preprocess
 
 ENTITY_TYPE = pa.struct([("type", pa.string()), ("start", pa.int64()), ("end", pa.int64()), ("text", pa.string())])
 
@@ -46,6 +48,7 @@ class TagActor:
         tokenizer = cached_tokenizer(plan.model, plan.model_identity)
         self.tagger = WordTagger(engine, tokenizer, settings, device=device, autocast_dtype=autocast_dtype(plan.mixed_precision, device))
         self.progress = Reporter(progress)  # rows tagged, for the driver's progress line
+        self.plan = plan
 
     def _count(self, rows: int):
         """Progress within a call, as the share of its rows whose windows are done, sent at most twice a second."""
@@ -60,6 +63,8 @@ class TagActor:
         return on_batch
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.plan.preprocess_in_actor:
+            batch = preprocess(batch, self.plan)
         errors = batch.column(ERROR).to_pylist()
         raws = batch.column(RAW).to_pylist()
         tokens = batch.column("tokens").to_pylist()

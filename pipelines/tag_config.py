@@ -17,6 +17,7 @@ from ner_core.runtime import RUNTIMES, check_runtime
 from pipelines.cluster import parse_resources
 
 FORMATS = ("parquet", "jsonl")
+PREPROCESS = ("auto", "tasks", "actor")
 EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".jsonl.gz": "jsonl", ".json.gz": "jsonl"}
 # Settings that change what is written: a resumed run must use the same ones.
 # model_identity: a hash of the model's files (a retrained model at the same path is another
@@ -53,6 +54,7 @@ class TagConfig:
     actors: str = field(default="1", metadata=_help("actor pool size: N, or MIN-MAX to autoscale"))
     cpus_per_actor: float = field(default=1.0, metadata=_help("CPUs reserved per actor (fractional allowed; keep some free for reading)"))
     gpus_per_actor: float = field(default=0.0, metadata=_help("GPUs per actor; fractional to share a GPU between actors"))
+    preprocess: str = field(default="auto", metadata=_help("where rows become subword windows: tasks (Ray Data tasks beside the actors) | actor (in the actor, just before the model) | auto (actor on CPU, where tasks would take cores from the model's threads; tasks on GPU)"))
     cpus_per_task: float = field(default=0.25, metadata=_help("CPUs per read/preprocess/write task; differs from --cpus-per-actor so preprocessing is not fused into the actors"))
     actor_resources: str | dict[str, float] | None = field(default=None, metadata=_help("custom Ray resources per actor, NAME=AMOUNT[,...] (e.g. gpu_node=1): pins actors to the node types that declare them"))
     task_resources: str | dict[str, float] | None = field(default=None, metadata=_help("custom Ray resources per read/preprocess/write task, NAME=AMOUNT[,...]"))
@@ -77,6 +79,8 @@ class TagConfig:
             raise ValueError(f"--output-format must be one of {FORMATS}, got {self.output_format!r}")
         check_mixed_precision(self.mixed_precision)
         check_runtime(self.runtime, self.mixed_precision)
+        if self.preprocess not in PREPROCESS:
+            raise ValueError(f"--preprocess must be one of {PREPROCESS}, got {self.preprocess!r}")
         if self.runtime != "torch" and self.gpus_per_actor:
             raise ValueError(f"--runtime {self.runtime} runs on CPU; with --gpus-per-actor use --runtime torch")
         if self.mixed_precision == "fp16" and not self.gpus_per_actor:
@@ -152,6 +156,7 @@ class TagPlan:
     use_gpu: bool
     mixed_precision: str
     runtime: str
+    preprocess_in_actor: bool
 
     @classmethod
     def resolve(cls, cfg: TagConfig, model_identity: str, max_positions: int | None, fmt: str) -> "TagPlan":
@@ -171,4 +176,5 @@ class TagPlan:
             use_gpu=cfg.gpus_per_actor > 0,
             mixed_precision=cfg.mixed_precision,
             runtime=cfg.runtime,
+            preprocess_in_actor=cfg.preprocess == "actor" or (cfg.preprocess == "auto" and not cfg.gpus_per_actor),
         )

@@ -1,7 +1,9 @@
 """Stage 2 of tagging (Ray Data tasks): rows -> words (+ character offsets) -> subword windows.
 
-Runs in CPU tasks beside the actors, so an actor's process only runs the model:
-on a GPU node the tokenizer's work never stands between two forward passes.
+Where it runs is ``--preprocess``: in CPU tasks beside GPU actors, so the
+tokenizer's work never stands between two forward passes on the GPU; in the
+actor itself on CPU, where tasks beside it would take cores from the model's
+threads (torch's threads wait for the slowest, so one busy core stalls them all).
 Rows that cannot be tagged (no text, a column of the wrong type, a name that
 clashes with an output column) become error rows here and skip the model.
 

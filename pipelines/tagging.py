@@ -5,7 +5,7 @@ not grow with the corpus):
 
 1. ``tag_input.TaggingInput`` (read tasks): Parquet/JSONL files in blocks; each row
    keeps its source file and row number, unparseable rows become error rows.
-2. ``tag_preprocess.preprocess`` (tasks): row -> words (+ character offsets for raw
+2. ``tag_preprocess.preprocess`` (tasks on GPU, in the actor on CPU; ``--preprocess``): row -> words (+ character offsets for raw
    text) -> subword windows.
 3. ``tag_actor.TagActor`` (an actor pool, the model loaded once per actor): batched,
    length-sorted inference; one label per word, entity spans.
@@ -139,7 +139,8 @@ def _run_pipeline(cfg: TagConfig, plan: TagPlan, store: OutputStore, pending: li
     # blocks into many small ones and then cannot fuse preprocessing into the read;
     # on 2 cores that cost ~12% of the run (123 s -> 110 s for 50k rows in 5 files).
     ds = ray.data.read_datasource(reader, override_num_blocks=cfg.read_tasks or len(pending), **task_args)
-    ds = ds.map_batches(preprocess, batch_format="pyarrow", batch_size=None, fn_kwargs={"plan": plan}, **task_args)
+    if not plan.preprocess_in_actor:
+        ds = ds.map_batches(preprocess, batch_format="pyarrow", batch_size=None, fn_kwargs={"plan": plan}, **task_args)
     ds = ds.map_batches(
         TagActor,
         batch_format="pyarrow",

@@ -119,7 +119,9 @@ def test_pre_split_parquet_to_jsonl_gives_token_offsets(ray_cluster, tiny_tagger
     pq.write_table(table, tmp_path / "words.parquet", row_group_size=16)
     out = tmp_path / "out"
 
-    argv = ["--model", tiny_tagger, "--input", str(tmp_path / "words.parquet"), "--output", str(out), "--tokens-column", "tokens", "--output-format", "jsonl", *SMALL]
+    # windows made in Ray Data tasks beside the actor (the GPU default; the raw-text test above
+    # makes them in the actor, the CPU default): both must give the reference labels
+    argv = ["--model", tiny_tagger, "--input", str(tmp_path / "words.parquet"), "--output", str(out), "--tokens-column", "tokens", "--output-format", "jsonl", "--preprocess", "tasks", *SMALL]
     assert tag_job.main(argv) == 0
 
     rows = _read_output(out, "jsonl")
