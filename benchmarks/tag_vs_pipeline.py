@@ -1,17 +1,30 @@
-"""jobs.tag against HuggingFace ``pipeline("token-classification")``: words/s and peak memory.
+"""jobs.tag against its peer (HF ``pipeline``) and its limit (a bare forward loop): words/s and memory.
 
-    .venv/bin/python benchmarks/tag_vs_pipeline.py --model runs/conll-minilm-encoder --sentences 50000
+    .venv/bin/python benchmarks/tag_vs_pipeline.py --model runs/conll-minilm-encoder-e5 --sentences 20000
 
-Corpus: CoNLL-2003 sentences (train, dev and test files, read from
-../shared/data, never copied into the repo) joined back into raw text with
-single spaces, cycled up to ``--sentences``, one JSON object per line in
-shards of 10,000 rows. Both contenders tag the same texts with the same
-model on this machine in this run: the pipeline in one process at a few batch
-sizes (the best is kept), jobs.tag as a subprocess starting its own local
-Ray. Peak memory is sampled every 0.2 s as the summed RSS of the whole
-process tree (driver, Ray's daemons, workers; shared pages counted in each
-process, so an upper bound), for jobs.tag on the corpus and on one
-``--scale`` times smaller/larger.
+Corpus: CoNLL-2003 sentences (train, dev and test, read from ../shared/data, never
+copied into the repo) written back as raw text with natural spacing
+(``ner_core.text.join_naturally``), cycled up to ``--sentences`` rows, JSONL shards
+of 10,000 rows. Every contender tags the same texts with the same model, on this
+machine, in this run, each in its own process:
+
+- **pipeline**: ``transformers.pipeline("token-classification")`` at each of
+  ``--pipeline-batch-sizes`` on a sample; the best runs on the whole corpus: 1.00x.
+- **bare loop**: the limit. Files read, words split (the same splitter as jobs.tag),
+  fast tokenizer, length-sorted batches of 64 windows, forward, argmax, labels back
+  on words. One process, no Ray, no output written. Timed from the first file read
+  to the last label (the model loaded before the clock starts).
+- **jobs.tag**: the product, as a user runs it, on its own local Ray. Its rate uses
+  the job's own clock (``this_run.seconds``: from the model check to the manifest,
+  actor start-up and model loading included; Ray's start before it is printed
+  apart as ``seconds_total``).
+
+Each precision's jobs.tag is read against the bare loop at the same precision.
+Memory: the summed PSS (shared pages split between the processes that map them,
+so a page is counted once) of the whole process tree (driver, Ray's daemons,
+workers), sampled every 0.5 s; the peak of jobs.tag on the corpus and on
+``--scale`` times the corpus, at ``--memory-precision``.
+Writes ``bench_out/tag_vs_pipeline.json``.
 """
 
 from __future__ import annotations
@@ -31,28 +44,33 @@ sys.path.insert(0, ROOT)
 
 def conll_texts(data_dir: str) -> list[str]:
     from ner_core.conll import read_conll
+    from ner_core.text import join_naturally
 
     texts = []
     for split in ("train", "dev", "test"):
         for sentence in read_conll(os.path.join(data_dir, f"{split}.txt")):
             if sentence.tokens:
-                texts.append(" ".join(sentence.tokens))
+                texts.append(join_naturally(sentence.tokens)[0])
     return texts
 
 
 def write_corpus(texts: list[str], n: int, folder: str, shard: int = 10_000) -> None:
-    os.makedirs(folder, exist_ok=True)
+    if os.path.isdir(folder):
+        return
+    os.makedirs(folder + ".tmp", exist_ok=True)
     rows = itertools.islice(itertools.cycle(texts), n)
     for i in itertools.count():
         chunk = list(itertools.islice(rows, shard))
         if not chunk:
             break
-        with open(os.path.join(folder, f"part-{i:05d}.jsonl"), "w") as fh:
+        with open(os.path.join(folder + ".tmp", f"part-{i:05d}.jsonl"), "w") as fh:
             for j, t in enumerate(chunk):
                 fh.write(json.dumps({"id": i * shard + j, "text": t}) + "\n")
+    os.rename(folder + ".tmp", folder)
 
 
-def tree_rss(pid: int) -> int:
+def tree_pss(pid: int) -> int:
+    """Summed PSS of a process and all its descendants (bytes)."""
     import psutil
 
     try:
@@ -63,14 +81,14 @@ def tree_rss(pid: int) -> int:
     total = 0
     for p in procs:
         try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
+            total += p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return total
 
 
 def run_measured(cmd: list[str], env: dict) -> tuple[float, int, str]:
-    """(seconds, peak tree RSS bytes, stdout) of a subprocess."""
+    """(seconds, peak tree PSS bytes, stdout) of a subprocess."""
     start = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
     peak = 0
@@ -78,8 +96,8 @@ def run_measured(cmd: list[str], env: dict) -> tuple[float, int, str]:
 
     def sample():
         nonlocal peak
-        while not done.wait(0.2):
-            peak = max(peak, tree_rss(proc.pid))
+        while not done.wait(0.5):
+            peak = max(peak, tree_pss(proc.pid))
 
     t = threading.Thread(target=sample, daemon=True)
     t.start()
@@ -92,84 +110,135 @@ def run_measured(cmd: list[str], env: dict) -> tuple[float, int, str]:
 
 
 PIPELINE_CHILD = r"""
-import json, sys, time, glob, resource
+import json, sys, time, glob
 import torch
-from transformers import pipeline, AutoTokenizer
-from ner_core.tagger import load_tagger
-model_dir, corpus, batch_size, limit, threads, dtype = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+from transformers import pipeline
+from ner_core.tagger import load_tagger, load_tokenizer
+from ner_core.text import split_words
+model_dir, corpus, batch_size, limit, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(threads)
 texts = [json.loads(l)["text"] for p in sorted(glob.glob(corpus + "/*.jsonl")) for l in open(p)][:limit]
-model = load_tagger(model_dir)
-if dtype == "bf16":
-    model = model.to(torch.bfloat16)
-nlp = pipeline("token-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(model_dir), device=-1, aggregation_strategy="simple")
+nlp = pipeline("token-classification", model=load_tagger(model_dir), tokenizer=load_tokenizer(model_dir), device=-1, aggregation_strategy="simple")
 nlp(texts[:8], batch_size=8)
 t = time.time()
 n_ents = sum(len(r) for r in nlp(texts, batch_size=batch_size))
 dt = time.time() - t
-words = sum(len(s.split()) for s in texts)
-print(json.dumps({"batch_size": batch_size, "dtype": dtype, "sentences": len(texts), "words": words, "seconds": dt, "words_per_s": words / dt, "entities": n_ents, "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+words = sum(len(split_words(s)) for s in texts)
+print(json.dumps({"batch_size": batch_size, "sentences": len(texts), "words": words, "seconds": dt, "words_per_s": words / dt, "entities": n_ents}))
+"""
+
+BARE_LOOP_CHILD = r"""
+import json, sys, time, glob
+import torch
+from ner_core.tagger import load_tagger, load_tokenizer
+from ner_core.text import split_words
+model_dir, corpus, threads, precision, max_length = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+torch.set_num_threads(threads)
+model, tok = load_tagger(model_dir).eval(), load_tokenizer(model_dir)
+autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+t = time.time()
+docs = [[w.text for w in split_words(json.loads(l)["text"])] for p in sorted(glob.glob(corpus + "/*.jsonl")) for l in open(p)]
+enc = tok(docs, is_split_into_words=True, truncation=True, max_length=max_length)
+order = sorted(range(len(docs)), key=lambda i: len(enc["input_ids"][i]))
+labels = [None] * len(docs)
+with torch.inference_mode(), autocast:
+    for s in range(0, len(order), 64):
+        idx = order[s:s + 64]
+        width = max(len(enc["input_ids"][i]) for i in idx)
+        ids = torch.zeros((len(idx), width), dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for r, i in enumerate(idx):
+            row = enc["input_ids"][i]
+            ids[r, :len(row)] = torch.tensor(row)
+            mask[r, :len(row)] = 1
+        best = model(input_ids=ids, attention_mask=mask).logits.argmax(-1).tolist()
+        for r, i in enumerate(idx):
+            seen, out = set(), []
+            for pos, w in enumerate(enc.word_ids(i)):
+                if w is not None and w not in seen:
+                    seen.add(w)
+                    out.append(model.config.id2label[best[r][pos]])
+            labels[i] = out
+dt = time.time() - t
+words = sum(len(d) for d in docs)
+print(json.dumps({"precision": precision, "sentences": len(docs), "words": words, "seconds": dt, "words_per_s": words / dt}))
 """
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="runs/conll-minilm-encoder")
+    ap.add_argument("--model", default="runs/conll-minilm-encoder-e5")
     ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "conll2003"))
-    ap.add_argument("--sentences", type=int, default=50_000)
+    ap.add_argument("--sentences", type=int, default=20_000)
     ap.add_argument("--scale", type=float, default=10.0, help="second corpus for the memory comparison: sentences x scale")
+    ap.add_argument("--memory-precision", default="bf16", help="precision of the two memory runs (bf16: 4x faster on AMX CPUs)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads of every contender")
+    ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--pipeline-batch-sizes", default="8,32,64")
     ap.add_argument("--pipeline-sample", type=int, default=5000, help="sentences per batch-size trial (the best then runs on the full corpus)")
+    ap.add_argument("--runtimes", default="onnx-int8", help="extra jobs.tag --runtime values to time at 1x (comma-separated; empty: none)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench_out"))
-    ap.add_argument("--tag-args", default="--actors 1 --cpus-per-actor 1 --torch-threads 2 --max-length 128")
+    ap.add_argument("--tag-args", default="--actors 1 --cpus-per-actor 1", help="jobs.tag resources (plus --torch-threads from --threads)")
     args = ap.parse_args()
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": ROOT}
     env.pop("RAY_ADDRESS", None)
     texts = conll_texts(args.data)
-    sizes = {"main": args.sentences, "scaled": int(args.sentences * args.scale)}
-    for name, n in sizes.items():
+    sizes = {"1x": args.sentences, "scaled": int(args.sentences * args.scale)}
+    for n in sizes.values():
         write_corpus(texts, n, os.path.join(args.out, f"corpus-{n}"))
-    main_corpus = os.path.join(args.out, f"corpus-{args.sentences}")
-    results: dict = {"sentences": sizes, "distinct_sentences": len(texts), "cpus": os.cpu_count()}
+    corpus = os.path.join(args.out, f"corpus-{args.sentences}")
+    threads = str(args.threads)
+    results: dict = {"sentences": sizes, "distinct_sentences": len(texts), "cpus": os.cpu_count(), "threads": args.threads, "model": args.model}
+
+    def show(name: str, value: dict) -> None:
+        results[name] = value
+        print(name, json.dumps(value), flush=True)
 
     trials = []
     for bs in [int(b) for b in args.pipeline_batch_sizes.split(",")]:
-        _, _, out = run_measured([sys.executable, "-c", PIPELINE_CHILD, args.model, main_corpus, str(bs), str(args.pipeline_sample), "2", "fp32"], env)
+        _, _, out = run_measured([sys.executable, "-c", PIPELINE_CHILD, args.model, corpus, str(bs), str(args.pipeline_sample), threads], env)
         trials.append(json.loads(out.strip().splitlines()[-1]))
         print("pipeline trial", trials[-1], flush=True)
     best = max(trials, key=lambda r: r["words_per_s"])
-    secs, peak, out = run_measured([sys.executable, "-c", PIPELINE_CHILD, args.model, main_corpus, str(best["batch_size"]), str(args.sentences), "2", "fp32"], env)
-    pipe = json.loads(out.strip().splitlines()[-1])
-    pipe["peak_tree_rss"] = peak
-    # the pipeline in bf16 too (weights cast), at its best batch size, on the trial sample:
-    # so the jobs.tag bf16 figure can also be read against a bf16 pipeline
-    _, _, out = run_measured([sys.executable, "-c", PIPELINE_CHILD, args.model, main_corpus, str(best["batch_size"]), str(args.pipeline_sample), "2", "bf16"], env)
-    results["pipeline_bf16_sample"] = json.loads(out.strip().splitlines()[-1])
-    print("pipeline bf16 sample", results["pipeline_bf16_sample"], flush=True)
-    results["pipeline_trials"] = trials
-    results["pipeline"] = pipe
-    print("pipeline full", pipe, flush=True)
+    _, peak, out = run_measured([sys.executable, "-c", PIPELINE_CHILD, args.model, corpus, str(best["batch_size"]), str(args.sentences), threads], env)
+    show("pipeline", {**json.loads(out.strip().splitlines()[-1]), "peak_tree_pss": peak, "trials": trials})
 
-    # jobs.tag in fp32 (the pipeline's precision) and bf16 autocast on the main corpus;
-    # bf16 on the scaled corpus for the memory comparison
-    for name, n, precision in (("main_fp32", sizes["main"], "none"), ("main", sizes["main"], "bf16"), ("scaled", sizes["scaled"], "bf16")):
+    for precision in ("fp32", "bf16"):
+        _, peak, out = run_measured([sys.executable, "-c", BARE_LOOP_CHILD, args.model, corpus, threads, precision, str(args.max_length)], env)
+        show(f"bare_loop_{precision}", {**json.loads(out.strip().splitlines()[-1]), "peak_tree_pss": peak})
+
+    def jobs_tag(name: str, n: int, flags: list[str]) -> dict:
         out_dir = os.path.join(args.out, f"tagged-{name}")
-        cmd = [sys.executable, "-m", "jobs.tag", "--model", args.model, "--input", os.path.join(args.out, f"corpus-{n}"), "--output", out_dir, "--overwrite", "--mixed-precision", precision, *args.tag_args.split()]
-        secs, peak, out = run_measured(cmd, env)
+        cmd = [sys.executable, "-m", "jobs.tag", "--model", args.model, "--input", os.path.join(args.out, f"corpus-{n}"), "--output", out_dir, "--overwrite", "true",
+               "--max-length", str(args.max_length), "--torch-threads", threads, *args.tag_args.split(), *flags]  # fmt: skip
+        secs, peak, _ = run_measured(cmd, env)
         manifest = json.load(open(os.path.join(out_dir, "_manifest.json")))
         run = manifest["this_run"]
-        # words as the pipeline counts them (whitespace tokens of the corpus), over the job's own wall time
-        words = sum(len(t.split()) for t in itertools.islice(itertools.cycle(texts), n))
-        results[f"jobs_tag_{name}"] = {"sentences": n, "mixed_precision": precision, "seconds_total": secs, "job_seconds": run["seconds"], "words": words, "words_per_s": words / run["seconds"], "job_word_splits": run["words"], "rows_written": manifest["rows_written"], "rows_failed": manifest["rows_failed"], "peak_tree_rss": peak}
-        print(f"jobs.tag {name}", results[f"jobs_tag_{name}"], flush=True)
+        return {"sentences": n, "flags": " ".join(flags), "seconds_total": round(secs, 1), "job_seconds": run["seconds"], "words": run["words"],
+                "words_per_s": run["words"] / run["seconds"], "rows_written": manifest["rows_written"], "rows_failed": manifest["rows_failed"], "peak_tree_pss": peak}  # fmt: skip
 
-    main_run = results["jobs_tag_main"]
-    results["speedup_vs_best_pipeline"] = main_run["words_per_s"] / pipe["words_per_s"]
-    results["speedup_fp32_vs_best_pipeline"] = results["jobs_tag_main_fp32"]["words_per_s"] / pipe["words_per_s"]
-    results["speedup_bf16_vs_pipeline_bf16_sample"] = main_run["words_per_s"] / results["pipeline_bf16_sample"]["words_per_s"]
-    results["peak_memory_ratio_scaled_vs_main"] = results["jobs_tag_scaled"]["peak_tree_rss"] / main_run["peak_tree_rss"]
-    print(json.dumps(results, indent=2))
+    show("jobs_tag_fp32", jobs_tag("fp32", sizes["1x"], ["--mixed-precision", "none"]))
+    # where windows are made: in the actor (the CPU default) or in Ray Data tasks beside it
+    show("jobs_tag_fp32_preprocess_tasks", jobs_tag("fp32-tasks", sizes["1x"], ["--mixed-precision", "none", "--preprocess", "tasks"]))
+    show("jobs_tag_bf16", jobs_tag("bf16", sizes["1x"], ["--mixed-precision", "bf16"]))
+    for runtime in [r for r in args.runtimes.split(",") if r]:
+        show(f"jobs_tag_{runtime}", jobs_tag(runtime, sizes["1x"], ["--runtime", runtime, "--mixed-precision", "none"]))
+    mem_1x = results["jobs_tag_bf16"] if args.memory_precision == "bf16" else results["jobs_tag_fp32"]
+    show("jobs_tag_scaled", jobs_tag("scaled", sizes["scaled"], ["--mixed-precision", "none" if args.memory_precision == "fp32" else args.memory_precision]))
+
+    pipe = results["pipeline"]["words_per_s"]
+    ratios = {"pipeline": 1.0}
+    for name in ("bare_loop_fp32", "bare_loop_bf16", "jobs_tag_fp32", "jobs_tag_fp32_preprocess_tasks", "jobs_tag_bf16", *[f"jobs_tag_{r}" for r in args.runtimes.split(",") if r]):
+        ratios[name] = round(results[name]["words_per_s"] / pipe, 2)
+    results["vs_pipeline"] = ratios
+    results["jobs_tag_vs_bare_loop"] = {
+        "fp32": round(results["jobs_tag_fp32"]["words_per_s"] / results["bare_loop_fp32"]["words_per_s"], 3),
+        "fp32_preprocess_tasks": round(results["jobs_tag_fp32_preprocess_tasks"]["words_per_s"] / results["bare_loop_fp32"]["words_per_s"], 3),
+        "bf16": round(results["jobs_tag_bf16"]["words_per_s"] / results["bare_loop_bf16"]["words_per_s"], 3),
+    }
+    results["peak_pss_scaled_vs_1x"] = round(results["jobs_tag_scaled"]["peak_tree_pss"] / mem_1x["peak_tree_pss"], 3)
+    print(json.dumps({k: results[k] for k in ("vs_pipeline", "jobs_tag_vs_bare_loop", "peak_pss_scaled_vs_1x")}, indent=2))
     with open(os.path.join(args.out, "tag_vs_pipeline.json"), "w") as fh:
         json.dump(results, fh, indent=2)
 
