@@ -137,7 +137,6 @@ def corpus(data: str, n: int) -> list[str]:
 
 
 def tag(model, tokenizer, texts, dtype, gpu, batch_size=256, device="cuda") -> dict:
-    import torch
 
     from ner_core.documents import document_from_text
     from ner_core.inference import InferenceSettings, WordTagger

@@ -8,11 +8,13 @@ copied into the repo) written back as raw text with natural spacing
 of 10,000 rows. Every contender tags the same texts with the same model, on this
 machine, in this run, each in its own process:
 
-- **pipeline**: ``transformers.pipeline("token-classification")`` at each of
+- **pipeline**: ``transformers.pipeline("token-classification")`` (which knows nothing
+  of case markers: it reads fewer tokens and tags worse with a model trained with them) at each of
   ``--pipeline-batch-sizes`` on a sample; the best runs on the whole corpus: 1.00x.
 - **bare loop**: the limit. Files read, words split (the same splitter as jobs.tag),
-  fast tokenizer, length-sorted batches of 64 windows, forward, argmax, labels back
-  on words. One process, no Ray, no output written. Timed from the first file read
+  fast tokenizer (with the model's case-marker tokens, so the model reads the same
+  tokens as in jobs.tag), length-sorted batches of 64 windows, forward, argmax, labels
+  back on words. One process, no Ray, no output written. Timed from the first file read
   to the last label (the model loaded before the clock starts).
 - **jobs.tag**: the product, as a user runs it, on its own local Ray. Its rate uses
   the job's own clock (``this_run.seconds``: from the model check to the manifest,
@@ -132,13 +134,18 @@ import json, sys, time, glob
 import torch
 from ner_core.tagger import load_tagger, load_tokenizer
 from ner_core.text import split_words
+from ner_core.casing import MARKERS, case_marker_ids, word_case
 model_dir, corpus, threads, precision, max_length = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 torch.set_num_threads(threads)
 model, tok = load_tagger(model_dir).eval(), load_tokenizer(model_dir)
 autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 t = time.time()
 docs = [[w.text for w in split_words(json.loads(l)["text"])] for p in sorted(glob.glob(corpus + "/*.jsonl")) for l in open(p)]
-enc = tok(docs, is_split_into_words=True, truncation=True, max_length=max_length)
+if case_marker_ids(tok):  # the model reads a case marker before capitalised words: feed it the same tokens as jobs.tag
+    docs_in = [[t for w in d for t in ((word_case(w), w) if word_case(w) else (w,))] for d in docs]
+else:
+    docs_in = docs
+enc = tok(docs_in, is_split_into_words=True, truncation=True, max_length=max_length)
 order = sorted(range(len(docs)), key=lambda i: len(enc["input_ids"][i]))
 labels = [None] * len(docs)
 with torch.inference_mode(), autocast:
@@ -155,7 +162,7 @@ with torch.inference_mode(), autocast:
         for r, i in enumerate(idx):
             seen, out = set(), []
             for pos, w in enumerate(enc.word_ids(i)):
-                if w is not None and w not in seen:
+                if w is not None and w not in seen and docs_in[i][w] not in MARKERS:
                     seen.add(w)
                     out.append(model.config.id2label[best[r][pos]])
             labels[i] = out
