@@ -22,10 +22,11 @@ machine, in this run, each in its own process:
   apart as ``seconds_total``).
 
 Each precision's jobs.tag is read against the bare loop at the same precision.
-Memory: the summed PSS (shared pages split between the processes that map them,
+Memory, in two runs of their own (sampling costs CPU, so the timed runs are not
+sampled): the summed PSS (shared pages split between the processes that map them,
 so a page is counted once) of the whole process tree (driver, Ray's daemons,
-workers), sampled every 0.5 s; the peak of jobs.tag on the corpus and on
-``--scale`` times the corpus, at ``--memory-precision``.
+workers), sampled every second; the peak of jobs.tag on ``--memory-sentences`` and
+on ``--scale`` times that, at ``--memory-precision``.
 Writes ``bench_out/tag_vs_pipeline.json``.
 """
 
@@ -89,16 +90,20 @@ def tree_pss(pid: int) -> int:
     return total
 
 
-def run_measured(cmd: list[str], env: dict) -> tuple[float, int, str]:
-    """(seconds, peak tree PSS bytes, stdout) of a subprocess."""
+def run_measured(cmd: list[str], env: dict, memory: bool = False) -> tuple[float, int | None, str]:
+    """(seconds, peak tree PSS bytes or None, stdout) of a subprocess.
+
+    PSS is sampled only when ``memory``: reading every process's smaps costs CPU (about a
+    third of a core for a Ray job's dozen processes), which a timed run must not pay.
+    """
     start = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
-    peak = 0
+    peak = 0 if memory else None
     done = threading.Event()
 
     def sample():
         nonlocal peak
-        while not done.wait(0.5):
+        while memory and not done.wait(1.0):
             peak = max(peak, tree_pss(proc.pid))
 
     t = threading.Thread(target=sample, daemon=True)
@@ -177,7 +182,8 @@ def main() -> None:
     ap.add_argument("--model", default="runs/conll-minilm-encoder-e5")
     ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "conll2003"))
     ap.add_argument("--sentences", type=int, default=20_000)
-    ap.add_argument("--scale", type=float, default=10.0, help="second corpus for the memory comparison: sentences x scale")
+    ap.add_argument("--memory-sentences", type=int, help="corpus of the memory comparison (default: --sentences)")
+    ap.add_argument("--scale", type=float, default=10.0, help="second corpus for the memory comparison: memory sentences x scale")
     ap.add_argument("--memory-precision", default="bf16", help="precision of the two memory runs (bf16: 4x faster on AMX CPUs)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads of every contender")
     ap.add_argument("--max-length", type=int, default=128)
@@ -191,7 +197,8 @@ def main() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": ROOT}
     env.pop("RAY_ADDRESS", None)
     texts = conll_texts(args.data)
-    sizes = {"1x": args.sentences, "scaled": int(args.sentences * args.scale)}
+    mem = args.memory_sentences or args.sentences
+    sizes = {"1x": args.sentences, "memory_1x": mem, "scaled": int(mem * args.scale)}
     for n in sizes.values():
         write_corpus(texts, n, os.path.join(args.out, f"corpus-{n}"))
     corpus = os.path.join(args.out, f"corpus-{args.sentences}")
@@ -208,18 +215,18 @@ def main() -> None:
         trials.append(json.loads(out.strip().splitlines()[-1]))
         print("pipeline trial", trials[-1], flush=True)
     best = max(trials, key=lambda r: r["words_per_s"])
-    _, peak, out = run_measured([sys.executable, "-c", PIPELINE_CHILD, args.model, corpus, str(best["batch_size"]), str(args.sentences), threads], env)
-    show("pipeline", {**json.loads(out.strip().splitlines()[-1]), "peak_tree_pss": peak, "trials": trials})
+    _, _, out = run_measured([sys.executable, "-c", PIPELINE_CHILD, args.model, corpus, str(best["batch_size"]), str(args.sentences), threads], env)
+    show("pipeline", {**json.loads(out.strip().splitlines()[-1]), "trials": trials})
 
     for precision in ("fp32", "bf16"):
-        _, peak, out = run_measured([sys.executable, "-c", BARE_LOOP_CHILD, args.model, corpus, threads, precision, str(args.max_length)], env)
-        show(f"bare_loop_{precision}", {**json.loads(out.strip().splitlines()[-1]), "peak_tree_pss": peak})
+        _, _, out = run_measured([sys.executable, "-c", BARE_LOOP_CHILD, args.model, corpus, threads, precision, str(args.max_length)], env)
+        show(f"bare_loop_{precision}", json.loads(out.strip().splitlines()[-1]))
 
-    def jobs_tag(name: str, n: int, flags: list[str]) -> dict:
+    def jobs_tag(name: str, n: int, flags: list[str], memory: bool = False) -> dict:
         out_dir = os.path.join(args.out, f"tagged-{name}")
         cmd = [sys.executable, "-m", "jobs.tag", "--model", args.model, "--input", os.path.join(args.out, f"corpus-{n}"), "--output", out_dir, "--overwrite", "true",
                "--max-length", str(args.max_length), "--torch-threads", threads, *args.tag_args.split(), *flags]  # fmt: skip
-        secs, peak, _ = run_measured(cmd, env)
+        secs, peak, _ = run_measured(cmd, env, memory)
         manifest = json.load(open(os.path.join(out_dir, "_manifest.json")))
         run = manifest["this_run"]
         return {"sentences": n, "flags": " ".join(flags), "seconds_total": round(secs, 1), "job_seconds": run["seconds"], "words": run["words"],
@@ -231,8 +238,9 @@ def main() -> None:
     show("jobs_tag_bf16", jobs_tag("bf16", sizes["1x"], ["--mixed-precision", "bf16"]))
     for runtime in [r for r in args.runtimes.split(",") if r]:
         show(f"jobs_tag_{runtime}", jobs_tag(runtime, sizes["1x"], ["--runtime", runtime, "--mixed-precision", "none"]))
-    mem_1x = results["jobs_tag_bf16"] if args.memory_precision == "bf16" else results["jobs_tag_fp32"]
-    show("jobs_tag_scaled", jobs_tag("scaled", sizes["scaled"], ["--mixed-precision", "none" if args.memory_precision == "fp32" else args.memory_precision]))
+    mem_flags = ["--mixed-precision", "none" if args.memory_precision == "fp32" else args.memory_precision]
+    show("memory_1x", jobs_tag("memory-1x", sizes["memory_1x"], mem_flags, memory=True))
+    show("memory_scaled", jobs_tag("memory-scaled", sizes["scaled"], mem_flags, memory=True))
 
     pipe = results["pipeline"]["words_per_s"]
     ratios = {"pipeline": 1.0}
@@ -244,7 +252,7 @@ def main() -> None:
         "fp32_preprocess_tasks": round(results["jobs_tag_fp32_preprocess_tasks"]["words_per_s"] / results["bare_loop_fp32"]["words_per_s"], 3),
         "bf16": round(results["jobs_tag_bf16"]["words_per_s"] / results["bare_loop_bf16"]["words_per_s"], 3),
     }
-    results["peak_pss_scaled_vs_1x"] = round(results["jobs_tag_scaled"]["peak_tree_pss"] / mem_1x["peak_tree_pss"], 3)
+    results["peak_pss_scaled_vs_1x"] = round(results["memory_scaled"]["peak_tree_pss"] / results["memory_1x"]["peak_tree_pss"], 3)
     print(json.dumps({k: results[k] for k in ("vs_pipeline", "jobs_tag_vs_bare_loop", "peak_pss_scaled_vs_1x")}, indent=2))
     with open(os.path.join(args.out, "tag_vs_pipeline.json"), "w") as fh:
         json.dump(results, fh, indent=2)

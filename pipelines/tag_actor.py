@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 
 import pyarrow as pa
+import torch
 
 from ner_core.alignment import Window
 from ner_core.documents import Document
@@ -63,6 +64,9 @@ class TagActor:
         return on_batch
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        # Ray Data calls this from its own worker thread, not the one that ran __init__, and
+        # torch's thread count is per calling thread: set it where the model runs.
+        torch.set_num_threads(self.plan.torch_threads)
         if self.plan.preprocess_in_actor:
             batch = preprocess(batch, self.plan)
         errors = batch.column(ERROR).to_pylist()
