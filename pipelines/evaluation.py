@@ -19,7 +19,7 @@ from ner_core.precision import autocast_dtype, check_mixed_precision
 from ner_core.report import evaluation_report, write_report
 from ner_core.runtime import RUNTIMES, check_runtime, load_runtime
 from ner_core.tagger import load_tokenizer, resolve_model_path
-from pipelines.console import Stage
+from pipelines.console import Stage, echo
 from pipelines.labelled_data import read_labelled
 
 
@@ -83,6 +83,8 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     # document context exactly as in training (the setting comes from the model's metrics.json)
     rows = read_labelled(cfg.data, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column, settings.context_length).take_all()
     rows.sort(key=lambda r: (r["source"], r["line"]))
+    if settings.context_length and not any(r["context_left"] or r["context_right"] for r in rows):
+        echo(f"warning: the model reads {settings.context_length} subwords of document context, but {cfg.data} has no -DOCSTART- document markers: scored without context")
     dtype = autocast_dtype(cfg.mixed_precision, model.device.type)
     stage = Stage(f"predicting {len(rows):,} sentences", unit="windows")
     pred = WordTagger(model, tokenizer, settings, autocast_dtype=dtype).predict(

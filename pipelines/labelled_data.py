@@ -16,6 +16,7 @@ from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 from ner_core.alignment import encode_batch
@@ -157,6 +158,23 @@ def read_labelled(
     return ds.map_batches(
         _normalise, batch_format="pyarrow", fn_kwargs={"scheme": scheme, "repair_invalid": repair_invalid}, num_cpus=0.25
     )
+
+
+def rows_with_context(ds: ray.data.Dataset) -> int:
+    """How many sentences of ``ds`` carry document context (a neighbour on either side).
+
+    Context comes only from ``-DOCSTART-`` documents, and some copies of a corpus
+    have none (this project's CoNLL-2003 train and dev files do not): a run asking for
+    context on such data would otherwise train without it and not say so.
+    """
+
+    def count(batch: pa.Table) -> pa.Table:
+        left = pc.list_value_length(batch.column("context_left"))
+        right = pc.list_value_length(batch.column("context_right"))
+        n = pc.sum(pc.or_(pc.greater(left, 0), pc.greater(right, 0))).as_py() or 0
+        return pa.table({"n": pa.array([n], pa.int64())})
+
+    return sum(row["n"] for row in ds.map_batches(count, batch_format="pyarrow", num_cpus=0.25).take_all())
 
 
 def collect_labels(ds: ray.data.Dataset) -> list[str]:

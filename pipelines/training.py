@@ -45,7 +45,7 @@ from pipelines.cluster import parse_resources, require_reachable
 from ner_core.report import training_report, write_report
 from pipelines.console import Stage
 from pipelines.job_console import TrainingMonitor, tensorboard_dir
-from pipelines.labelled_data import collect_labels, encode_for_training, read_labelled
+from pipelines.labelled_data import collect_labels, encode_for_training, read_labelled, rows_with_context
 from pipelines.progress import Reporter
 from pipelines.storage import arrow_filesystem, fsspec_filesystem, is_s3, strip_scheme
 
@@ -365,6 +365,16 @@ def _run_exists(run_dir: str) -> bool:
     return os.path.exists(os.path.join(run_dir, RUN_NAME))
 
 
+def _require_context(data: dict, context_length: int) -> None:
+    """``--context-length`` on data with no document markers would silently train without context: stop instead."""
+    for flag, (path, ds) in data.items():
+        if rows_with_context(ds) == 0:
+            raise ValueError(
+                f"--context-length {context_length}: {flag} {path} has no -DOCSTART- document markers, so no sentence "
+                "has document context; train with --context-length 0, or on files that mark their documents"
+            )
+
+
 def run_training(cfg: TrainConfig) -> dict:
     """Train, select the best epoch by dev F1, write the output directory; returns the summary."""
     started = time.perf_counter()
@@ -394,6 +404,8 @@ def run_training(cfg: TrainConfig) -> dict:
         if unknown:
             raise ValueError(f"dev data {cfg.dev} has labels {unknown} never seen in training data {cfg.train}")
         datasets["dev"] = dev_ds
+    if cfg.context_length:
+        _require_context({"--train": (cfg.train, train_ds), **({"--dev": (cfg.dev, datasets["dev"])} if cfg.dev else {})}, cfg.context_length)
     datasets["train"] = encode_for_training(
         train_ds, resolve_model_path(cfg.encoder), labels, cfg.max_length, cfg.stride, cfg.case_markers, cfg.context_length
     ).materialize()

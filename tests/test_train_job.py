@@ -133,6 +133,26 @@ def test_document_context_is_trained_and_evaluated_the_same_way(ray_cluster, tin
     assert json.loads(out_plain.read_text())["settings"]["context_length"] == 0
 
 
+def test_context_on_data_without_documents_stops_before_training(ray_cluster, tiny_dirs, conll_sample, tmp_path):
+    """A corpus copy with no -DOCSTART- lines gives no context: asking for it is an error, not a silent no-op."""
+    with pytest.raises(ConfigError, match=r"--context-length 16: --train .*train.txt has no -DOCSTART- document markers"):
+        train_job.main(_argv(tiny_dirs, conll_sample, tmp_path / "out", "--context-length", "16"))
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_evaluate_warns_when_the_data_has_no_context_for_a_context_model(ray_cluster, tiny_dirs, tmp_path, capsys):
+    docs = make_sentences(60, seed=5)
+    (tmp_path / "train.txt").write_text("".join("-DOCSTART- O\n\n" + to_conll(docs[i : i + 6]) + "\n" for i in range(0, len(docs), 6)))
+    (tmp_path / "dev.txt").write_text("-DOCSTART- O\n\n" + to_conll(make_sentences(6, seed=51)))
+    argv = _argv(tiny_dirs, tmp_path, tmp_path / "model", "--context-length", "16")
+    argv[argv.index("--epochs") + 1] = "1"
+    assert train_job.main(argv) == 0
+    write_conll(tmp_path / "plain.txt", make_sentences(6, seed=52))
+    capsys.readouterr()
+    assert evaluate_job.main(["--model", str(tmp_path / "model"), "--data", str(tmp_path / "plain.txt")]) == 0
+    assert "has no -DOCSTART- document markers: scored without context" in capsys.readouterr().out
+
+
 def _tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
     """Scalars from TensorBoard event files, read with the record framing and protobuf TensorBoard uses."""
     import struct
