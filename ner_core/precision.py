@@ -14,7 +14,10 @@ model is never scored in one precision and served in another by accident.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch loads only where a dtype is asked for: settings are checked in light processes too
+    import torch
 
 MIXED_PRECISION_CHOICES = ("auto", "bf16", "fp16", "none")
 
@@ -26,6 +29,8 @@ def check_mixed_precision(setting: str) -> None:
 
 def autocast_dtype(setting: str, device_type: str) -> torch.dtype | None:
     """The dtype for ``torch.autocast`` (None: no autocast, run in fp32)."""
+    import torch
+
     check_mixed_precision(setting)
     if setting == "none":
         return None

@@ -32,10 +32,10 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from transformers.modeling_outputs import TokenClassifierOutput
+if TYPE_CHECKING:  # torch and transformers load on use: jobs check --runtime in processes that never run a model
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ def load_runtime(model_dir: str | os.PathLike, runtime: str = "torch", *, thread
     ``threads``: ONNX Runtime's intra-op threads (default: torch's current setting, which
     the jobs set from the CPUs they reserve). Ignored for ``torch``.
     """
+    import torch
+
     from ner_core.tagger import load_tagger, resolve_model_path
 
     check_runtime(runtime)
@@ -79,8 +81,6 @@ def load_runtime(model_dir: str | os.PathLike, runtime: str = "torch", *, thread
 class OnnxTagger:
     """An ONNX Runtime session that answers like a ``*ForTokenClassification`` model in eval mode."""
 
-    device = torch.device("cpu")
-
     def __init__(self, path: str, config, threads: int = 1):
         import onnxruntime as ort
 
@@ -93,15 +93,26 @@ class OnnxTagger:
         self.path = path
         self.config = config
 
+    @property
+    def device(self) -> "torch.device":
+        import torch
+
+        return torch.device("cpu")
+
     def eval(self) -> "OnnxTagger":
         return self
 
     def to(self, device) -> "OnnxTagger":
+        import torch
+
         if torch.device(device).type != "cpu":
             raise ValueError(f"the ONNX runtimes run on CPU; use --runtime torch on {device}")
         return self
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> TokenClassifierOutput:
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any):
+        import torch
+        from transformers.modeling_outputs import TokenClassifierOutput
+
         feed = {"input_ids": input_ids.to(torch.int64).numpy(), "attention_mask": attention_mask.to(torch.int64).numpy()}
         (logits,) = self.session.run(["logits"], feed)
         return TokenClassifierOutput(logits=torch.from_numpy(logits))
@@ -170,24 +181,25 @@ def _atomic_write(path: str, make) -> None:
             os.remove(tmp)
 
 
-class _LogitsOnly(torch.nn.Module):
-    """The tagger with tensors in and logits out: the exporter cannot return a ModelOutput."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-
-
 def export_onnx(model_dir: str, path: str) -> None:
     """``torch.onnx.export`` of the saved tagger, with batch and sequence length left free.
 
     The example batch has a padded row and a length that is neither 0 nor 1 in any axis,
     so the exporter keeps both axes symbolic and the masking path in the graph.
     """
+    import torch
+
     from ner_core.tagger import load_tagger
+
+    class LogitsOnly(torch.nn.Module):
+        """The tagger with tensors in and logits out: the exporter cannot return a ModelOutput."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     model = load_tagger(model_dir).eval()
     ids = torch.full((2, 8), 5, dtype=torch.int64)
@@ -199,7 +211,7 @@ def export_onnx(model_dir: str, path: str) -> None:
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _LogitsOnly(model),
+            LogitsOnly(model),
             (ids, mask),
             path,
             input_names=["input_ids", "attention_mask"],
