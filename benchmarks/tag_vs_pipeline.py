@@ -4,7 +4,7 @@
 
 Corpus: CoNLL-2003 sentences (train, dev and test, read from ../shared/data, never
 copied into the repo) written back as raw text with natural spacing
-(``ner_core.text.join_naturally``), cycled up to ``--sentences`` rows, JSONL shards
+(``ner_core.text.join_naturally``), shuffled once (fixed seed), cycled up to ``--sentences`` rows, JSONL shards
 of 10,000 rows. Every contender tags the same texts with the same model, on this
 machine, in this run, each in its own process:
 
@@ -46,6 +46,14 @@ sys.path.insert(0, ROOT)
 
 
 def conll_texts(data_dir: str) -> list[str]:
+    """Every CoNLL-2003 sentence as raw text, in a fixed shuffled order.
+
+    Shuffled so that any prefix is a fair sample: the memory comparison's 1x corpus is
+    the first N texts, and in file order those are the first train articles only, shorter
+    than the rest (in file order, 10x then met longer sentences, not just more of them).
+    """
+    import random
+
     from ner_core.conll import read_conll
     from ner_core.text import join_naturally
 
@@ -54,7 +62,12 @@ def conll_texts(data_dir: str) -> list[str]:
         for sentence in read_conll(os.path.join(data_dir, f"{split}.txt")):
             if sentence.tokens:
                 texts.append(join_naturally(sentence.tokens)[0])
+    random.Random(0).shuffle(texts)
     return texts
+
+
+def corpus_dir(out: str, n: int) -> str:
+    return os.path.join(out, f"corpus-mixed-{n}")
 
 
 def write_corpus(texts: list[str], n: int, folder: str, shard: int = 10_000) -> None:
@@ -72,39 +85,48 @@ def write_corpus(texts: list[str], n: int, folder: str, shard: int = 10_000) -> 
     os.rename(folder + ".tmp", folder)
 
 
-def tree_pss(pid: int) -> int:
-    """Summed PSS of a process and all its descendants (bytes)."""
+def tree_pss(pid: int) -> tuple[int, dict[str, int]]:
+    """Summed PSS of a process and all its descendants (bytes), and its split by process kind.
+
+    The kind is the process title (``ray::TagActor``, ``raylet``, ``python`` for the
+    driver...), so a peak can be traced to the processes that make it.
+    """
     import psutil
 
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
-    total = 0
+        return 0, {}
+    total, kinds = 0, {}
     for p in procs:
         try:
-            total += p.memory_full_info().pss
+            pss = p.memory_full_info().pss
+            cmd = p.cmdline()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return total
+            continue
+        kind = (cmd[0].split()[0] if cmd and cmd[0].startswith("ray::") else p.name()) or "?"
+        total += pss
+        kinds[kind] = kinds.get(kind, 0) + pss
+    return total, kinds
 
 
-def run_measured(cmd: list[str], env: dict, memory: bool = False) -> tuple[float, int | None, str]:
-    """(seconds, peak tree PSS bytes or None, stdout) of a subprocess.
+def run_measured(cmd: list[str], env: dict, memory: bool = False) -> tuple[float, dict | None, str]:
+    """(seconds, peak tree PSS {"bytes", "by_process" (MiB)} or None, stdout) of a subprocess.
 
     PSS is sampled only when ``memory``: reading every process's smaps costs CPU (about a
     third of a core for a Ray job's dozen processes), which a timed run must not pay.
     """
     start = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
-    peak = 0 if memory else None
+    peak = {"bytes": 0, "by_process": {}} if memory else None
     done = threading.Event()
 
     def sample():
-        nonlocal peak
         while memory and not done.wait(1.0):
-            peak = max(peak, tree_pss(proc.pid))
+            total, kinds = tree_pss(proc.pid)
+            if total > peak["bytes"]:
+                peak.update(bytes=total, by_process={k: round(v / 2**20) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])})
 
     t = threading.Thread(target=sample, daemon=True)
     t.start()
@@ -192,16 +214,20 @@ def main() -> None:
     ap.add_argument("--runtimes", default="onnx-int8", help="extra jobs.tag --runtime values to time at 1x (comma-separated; empty: none)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench_out"))
     ap.add_argument("--tag-args", default="--actors 1 --cpus-per-actor 1", help="jobs.tag resources (plus --torch-threads from --threads)")
+    ap.add_argument("--only", choices=("all", "speed", "memory", "loop-vs-job"), default="all",
+                    help="the speed comparison, the memory comparison, both, or just jobs.tag against the bare loop in fp32 (for a large --sentences)")  # fmt: skip
     args = ap.parse_args()
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": ROOT}
     env.pop("RAY_ADDRESS", None)
     texts = conll_texts(args.data)
     mem = args.memory_sentences or args.sentences
-    sizes = {"1x": args.sentences, "memory_1x": mem, "scaled": int(mem * args.scale)}
+    sizes = {"1x": args.sentences} if args.only != "memory" else {}
+    if args.only in ("all", "memory"):
+        sizes.update(memory_1x=mem, scaled=int(mem * args.scale))
     for n in sizes.values():
-        write_corpus(texts, n, os.path.join(args.out, f"corpus-{n}"))
-    corpus = os.path.join(args.out, f"corpus-{args.sentences}")
+        write_corpus(texts, n, corpus_dir(args.out, n))
+    corpus = corpus_dir(args.out, args.sentences)  # written above unless --only memory
     threads = str(args.threads)
     results: dict = {"sentences": sizes, "distinct_sentences": len(texts), "cpus": os.cpu_count(), "threads": args.threads, "model": args.model}
 
@@ -209,52 +235,60 @@ def main() -> None:
         results[name] = value
         print(name, json.dumps(value), flush=True)
 
-    trials = []
-    for bs in [int(b) for b in args.pipeline_batch_sizes.split(",")]:
-        _, _, out = run_measured([sys.executable, "-c", PIPELINE_CHILD, args.model, corpus, str(bs), str(args.pipeline_sample), threads], env)
-        trials.append(json.loads(out.strip().splitlines()[-1]))
-        print("pipeline trial", trials[-1], flush=True)
-    best = max(trials, key=lambda r: r["words_per_s"])
-    _, _, out = run_measured([sys.executable, "-c", PIPELINE_CHILD, args.model, corpus, str(best["batch_size"]), str(args.sentences), threads], env)
-    show("pipeline", {**json.loads(out.strip().splitlines()[-1]), "trials": trials})
-
-    for precision in ("fp32", "bf16"):
-        _, _, out = run_measured([sys.executable, "-c", BARE_LOOP_CHILD, args.model, corpus, threads, precision, str(args.max_length)], env)
-        show(f"bare_loop_{precision}", json.loads(out.strip().splitlines()[-1]))
-
     def jobs_tag(name: str, n: int, flags: list[str], memory: bool = False) -> dict:
         out_dir = os.path.join(args.out, f"tagged-{name}")
-        cmd = [sys.executable, "-m", "jobs.tag", "--model", args.model, "--input", os.path.join(args.out, f"corpus-{n}"), "--output", out_dir, "--overwrite", "true",
+        cmd = [sys.executable, "-m", "jobs.tag", "--model", args.model, "--input", corpus_dir(args.out, n), "--output", out_dir, "--overwrite", "true",
                "--max-length", str(args.max_length), "--torch-threads", threads, *args.tag_args.split(), *flags]  # fmt: skip
         secs, peak, _ = run_measured(cmd, env, memory)
         manifest = json.load(open(os.path.join(out_dir, "_manifest.json")))
         run = manifest["this_run"]
         return {"sentences": n, "flags": " ".join(flags), "seconds_total": round(secs, 1), "job_seconds": run["seconds"], "words": run["words"],
-                "words_per_s": run["words"] / run["seconds"], "rows_written": manifest["rows_written"], "rows_failed": manifest["rows_failed"], "peak_tree_pss": peak}  # fmt: skip
+                "words_per_s": run["words"] / run["seconds"], "rows_written": manifest["rows_written"], "rows_failed": manifest["rows_failed"],
+                "peak_tree_pss": peak and peak["bytes"], "peak_by_process_mib": peak and peak["by_process"]}  # fmt: skip
 
-    show("jobs_tag_fp32", jobs_tag("fp32", sizes["1x"], ["--mixed-precision", "none"]))
-    # where windows are made: in the actor (the CPU default) or in Ray Data tasks beside it
-    show("jobs_tag_fp32_preprocess_tasks", jobs_tag("fp32-tasks", sizes["1x"], ["--mixed-precision", "none", "--preprocess", "tasks"]))
-    show("jobs_tag_bf16", jobs_tag("bf16", sizes["1x"], ["--mixed-precision", "bf16"]))
-    for runtime in [r for r in args.runtimes.split(",") if r]:
-        show(f"jobs_tag_{runtime}", jobs_tag(runtime, sizes["1x"], ["--runtime", runtime, "--mixed-precision", "none"]))
-    mem_flags = ["--mixed-precision", "none" if args.memory_precision == "fp32" else args.memory_precision]
-    show("memory_1x", jobs_tag("memory-1x", sizes["memory_1x"], mem_flags, memory=True))
-    show("memory_scaled", jobs_tag("memory-scaled", sizes["scaled"], mem_flags, memory=True))
+    if args.only in ("all", "speed"):
+        trials = []
+        for bs in [int(b) for b in args.pipeline_batch_sizes.split(",")]:
+            _, _, out = run_measured([sys.executable, "-c", PIPELINE_CHILD, args.model, corpus, str(bs), str(args.pipeline_sample), threads], env)
+            trials.append(json.loads(out.strip().splitlines()[-1]))
+            print("pipeline trial", trials[-1], flush=True)
+        best = max(trials, key=lambda r: r["words_per_s"])
+        _, _, out = run_measured([sys.executable, "-c", PIPELINE_CHILD, args.model, corpus, str(best["batch_size"]), str(args.sentences), threads], env)
+        show("pipeline", {**json.loads(out.strip().splitlines()[-1]), "trials": trials})
 
-    pipe = results["pipeline"]["words_per_s"]
-    ratios = {"pipeline": 1.0}
-    for name in ("bare_loop_fp32", "bare_loop_bf16", "jobs_tag_fp32", "jobs_tag_fp32_preprocess_tasks", "jobs_tag_bf16", *[f"jobs_tag_{r}" for r in args.runtimes.split(",") if r]):
-        ratios[name] = round(results[name]["words_per_s"] / pipe, 2)
-    results["vs_pipeline"] = ratios
-    results["jobs_tag_vs_bare_loop"] = {
-        "fp32": round(results["jobs_tag_fp32"]["words_per_s"] / results["bare_loop_fp32"]["words_per_s"], 3),
-        "fp32_preprocess_tasks": round(results["jobs_tag_fp32_preprocess_tasks"]["words_per_s"] / results["bare_loop_fp32"]["words_per_s"], 3),
-        "bf16": round(results["jobs_tag_bf16"]["words_per_s"] / results["bare_loop_bf16"]["words_per_s"], 3),
-    }
-    results["peak_pss_scaled_vs_1x"] = round(results["memory_scaled"]["peak_tree_pss"] / results["memory_1x"]["peak_tree_pss"], 3)
-    print(json.dumps({k: results[k] for k in ("vs_pipeline", "jobs_tag_vs_bare_loop", "peak_pss_scaled_vs_1x")}, indent=2))
-    with open(os.path.join(args.out, "tag_vs_pipeline.json"), "w") as fh:
+        for precision in ("fp32", "bf16"):
+            _, _, out = run_measured([sys.executable, "-c", BARE_LOOP_CHILD, args.model, corpus, threads, precision, str(args.max_length)], env)
+            show(f"bare_loop_{precision}", json.loads(out.strip().splitlines()[-1]))
+
+        show("jobs_tag_fp32", jobs_tag("fp32", sizes["1x"], ["--mixed-precision", "none"]))
+        # where windows are made: in the actor (the CPU default) or in Ray Data tasks beside it
+        show("jobs_tag_fp32_preprocess_tasks", jobs_tag("fp32-tasks", sizes["1x"], ["--mixed-precision", "none", "--preprocess", "tasks"]))
+        show("jobs_tag_bf16", jobs_tag("bf16", sizes["1x"], ["--mixed-precision", "bf16"]))
+        for runtime in [r for r in args.runtimes.split(",") if r]:
+            show(f"jobs_tag_{runtime}", jobs_tag(runtime, sizes["1x"], ["--runtime", runtime, "--mixed-precision", "none"]))
+        pipe = results["pipeline"]["words_per_s"]
+        ratios = {"pipeline": 1.0}
+        for name in ("bare_loop_fp32", "bare_loop_bf16", "jobs_tag_fp32", "jobs_tag_fp32_preprocess_tasks", "jobs_tag_bf16", *[f"jobs_tag_{r}" for r in args.runtimes.split(",") if r]):
+            ratios[name] = round(results[name]["words_per_s"] / pipe, 2)
+        results["vs_pipeline"] = ratios
+        results["jobs_tag_vs_bare_loop"] = {
+            "fp32": round(results["jobs_tag_fp32"]["words_per_s"] / results["bare_loop_fp32"]["words_per_s"], 3),
+            "fp32_preprocess_tasks": round(results["jobs_tag_fp32_preprocess_tasks"]["words_per_s"] / results["bare_loop_fp32"]["words_per_s"], 3),
+            "bf16": round(results["jobs_tag_bf16"]["words_per_s"] / results["bare_loop_bf16"]["words_per_s"], 3),
+        }
+    if args.only == "loop-vs-job":
+        _, _, out = run_measured([sys.executable, "-c", BARE_LOOP_CHILD, args.model, corpus, threads, "fp32", str(args.max_length)], env)
+        show("bare_loop_fp32", json.loads(out.strip().splitlines()[-1]))
+        show("jobs_tag_fp32", jobs_tag("fp32", sizes["1x"], ["--mixed-precision", "none"]))
+        results["jobs_tag_vs_bare_loop"] = {"fp32": round(results["jobs_tag_fp32"]["words_per_s"] / results["bare_loop_fp32"]["words_per_s"], 3)}
+    if args.only in ("all", "memory"):
+        mem_flags = ["--mixed-precision", "none" if args.memory_precision == "fp32" else args.memory_precision]
+        show("memory_1x", jobs_tag("memory-1x", sizes["memory_1x"], mem_flags, memory=True))
+        show("memory_scaled", jobs_tag("memory-scaled", sizes["scaled"], mem_flags, memory=True))
+
+        results["peak_pss_scaled_vs_1x"] = round(results["memory_scaled"]["peak_tree_pss"] / results["memory_1x"]["peak_tree_pss"], 3)
+    print(json.dumps({k: results[k] for k in ("vs_pipeline", "jobs_tag_vs_bare_loop", "peak_pss_scaled_vs_1x") if k in results}, indent=2))
+    with open(os.path.join(args.out, f"tag_vs_pipeline{'' if args.only == 'all' else '_' + args.only}.json"), "w") as fh:
         json.dump(results, fh, indent=2)
 
 
