@@ -206,7 +206,7 @@ def main() -> None:
     ap.add_argument("--sentences", type=int, default=20_000)
     ap.add_argument("--memory-sentences", type=int, help="corpus of the memory comparison (default: --sentences)")
     ap.add_argument("--scale", type=float, default=10.0, help="second corpus for the memory comparison: memory sentences x scale")
-    ap.add_argument("--memory-precision", default="bf16", help="precision of the two memory runs (bf16: 4x faster on AMX CPUs)")
+    ap.add_argument("--memory-precision", default="fp32", help="precision of the two memory runs: fp32, jobs.tag's default on CPU, or bf16")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads of every contender")
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--pipeline-batch-sizes", default="8,32,64")

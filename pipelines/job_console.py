@@ -182,17 +182,17 @@ def estimate_rows(paths: list[str], fmt: str, sample_bytes: int = 1 << 20) -> in
     return total
 
 
-def tagging_plan(cfg, files: int, done_files: int, fmt: str, total_rows: int | None) -> None:
-    lo, hi = cfg.actor_range()
-    actors = f"{lo}" if lo == hi else f"{lo}-{hi}"
+def tagging_plan(cfg, plan, files: int, done_files: int, total_rows: int | None) -> None:
+    """The plan lines of ``jobs.tag``: what the run's ``TagPlan`` says, not the settings worked out again."""
+    actors = f"{plan.min_actors}" if plan.min_actors == plan.max_actors else f"{plan.min_actors}-{plan.max_actors}"
     per = f"{cfg.cpus_per_actor:g} CPU" + (f" + {cfg.gpus_per_actor:g} GPU" if cfg.gpus_per_actor else "")
     rows = f", ~{total_rows:,} rows to tag" if total_rows else ""
     done = f", {done_files} already done (resuming)" if done_files else ""
     print_plan(
         f"ray-ner tag: {cfg.model}",
         [
-            ("input", f"{cfg.input} ({files} {fmt} file{'s' if files != 1 else ''}{done}{rows}; column {cfg.column})"),
-            ("resources", f"{actors} tagging actor(s) x {per}, reading tasks {cfg.cpus_per_task:g} CPU; {cluster_line()}"),
+            ("input", f"{cfg.input} ({files} {plan.format} file{'s' if files != 1 else ''}{done}{rows}; column {plan.column})"),
+            ("resources", f"{actors} tagging actor(s) x {per}, {plan.torch_threads} thread(s) each, reading tasks {cfg.cpus_per_task:g} CPU; {cluster_line()}"),
             ("output", f"{cfg.output} ({cfg.output_format})"),
         ],
     )

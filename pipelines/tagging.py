@@ -73,7 +73,7 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
     log.info("%d input files, %d already done, %d to tag", len(paths), len(paths) - len(pending), len(pending))
     total_rows = estimate_rows([p for p, _ in pending], plan.format)
     if progress:
-        tagging_plan(cfg, len(paths), len(paths) - len(pending), plan.format, total_rows)
+        tagging_plan(cfg, plan, len(paths), len(paths) - len(pending), total_rows)
 
     sink = TaggedOutputSink(cfg.output, cfg.output_format, keys, cfg.id_column, cfg.rows_per_file, input_format=plan.format, jsonl_types=settings.get("jsonl_types"))
     if pending:
