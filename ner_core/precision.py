@@ -45,3 +45,23 @@ def autocast_dtype(setting: str, device_type: str) -> torch.dtype | None:
     if setting == "fp16":
         raise ValueError("--mixed-precision fp16 needs a GPU; on CPU use bf16 (fast on CPUs with AVX512-BF16 or AMX) or none")
     return None
+
+
+def for_inference(model, setting: str, device_type: str):
+    """``(model, autocast dtype)`` for a model loaded only to predict (jobs.tag, jobs.evaluate).
+
+    bf16 on CPU casts the weights once instead of autocasting every forward pass. Measured on
+    the CoNLL encoder, dev set, 2 threads: F1 92.73 (autocast 92.71, fp32 92.74), 1.3x
+    faster than autocast (7.9 s against 10.4 s) and a lower peak (851 against 1,003 MiB RSS),
+    because autocast re-casts every weight in every pass and the actor's heap grows with
+    those short-lived copies. GPUs keep autocast (its fp32 master weights and reductions are
+    what their kernels are tuned for). Never for a model being trained: its weights must
+    stay fp32.
+    """
+    import torch
+
+    dtype = autocast_dtype(setting, device_type)
+    if device_type == "cpu" and dtype == torch.bfloat16 and isinstance(model, torch.nn.Module):
+        return model.to(torch.bfloat16), None
+    return model, dtype
+

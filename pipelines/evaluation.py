@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from ner_core.inference import InferenceSettings, WordTagger
 from ner_core.labels import SCHEMES
 from ner_core.metrics import evaluate_tags
-from ner_core.precision import autocast_dtype, check_mixed_precision
+from ner_core.precision import check_mixed_precision, for_inference
 from ner_core.report import evaluation_report, write_report
 from ner_core.runtime import RUNTIMES, check_runtime, load_runtime
 from ner_core.tagger import load_tokenizer, resolve_model_path
@@ -85,7 +85,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     rows.sort(key=lambda r: (r["source"], r["line"]))
     if settings.context_length and not any(r["context_left"] or r["context_right"] for r in rows):
         echo(f"warning: the model reads {settings.context_length} subwords of document context, but {cfg.data} has no -DOCSTART- document markers: scored without context")
-    dtype = autocast_dtype(cfg.mixed_precision, model.device.type)
+    model, dtype = for_inference(model, cfg.mixed_precision, model.device.type)
     stage = Stage(f"predicting {len(rows):,} sentences", unit="windows")
     pred = WordTagger(model, tokenizer, settings, autocast_dtype=dtype).predict(
         [list(r["tokens"]) for r in rows],

@@ -36,7 +36,7 @@ class TagActor:
         import torch
 
         from ner_core.inference import InferenceSettings, WordTagger
-        from ner_core.precision import autocast_dtype
+        from ner_core.precision import for_inference
         from ner_core.runtime import load_runtime
         from pipelines.progress import Reporter
 
@@ -47,7 +47,8 @@ class TagActor:
         settings = InferenceSettings(batch_size=plan.window_batch_size)
         engine = load_runtime(path, plan.runtime, threads=plan.torch_threads)  # torch, or ONNX Runtime (exported once per model version, cached)
         tokenizer = cached_tokenizer(plan.model, plan.model_identity)
-        self.tagger = WordTagger(engine, tokenizer, settings, device=device, autocast_dtype=autocast_dtype(plan.mixed_precision, device))
+        engine, dtype = for_inference(engine, plan.mixed_precision, device)
+        self.tagger = WordTagger(engine, tokenizer, settings, device=device, autocast_dtype=dtype)
         self.progress = Reporter(progress)  # rows tagged, for the driver's progress line
         self.plan = plan
 

@@ -36,3 +36,24 @@ def test_bf16_tagging_on_cpu_agrees_with_fp32(tiny_dirs, tokenizer):
     assert [len(x) for x in bf16] == [5, 1, 40]
     agree = sum(a == b for x, y in zip(fp32, bf16) for a, b in zip(x, y))
     assert agree / 46 > 0.8
+
+
+def test_bf16_inference_on_cpu_casts_the_weights_once_instead_of_autocasting(tiny_dirs, tokenizer):
+    import torch
+    from ner_core.inference import WordTagger
+    from ner_core.precision import for_inference
+    from transformers import AutoModelForTokenClassification
+
+    model = AutoModelForTokenClassification.from_pretrained(tiny_dirs["bert_tagger"])
+    docs = [["Anna", "met", "Bob", "in", "Paris"], ["one"], ["word"] * 40]
+    fp32 = WordTagger(model, tokenizer).predict_ids(docs)
+    same, dtype = for_inference(model, "auto", "cpu")  # auto on CPU: fp32, untouched
+    assert same is model and dtype is None and next(model.parameters()).dtype == torch.float32
+    cast, dtype = for_inference(AutoModelForTokenClassification.from_pretrained(tiny_dirs["bert_tagger"]), "bf16", "cpu")
+    assert dtype is None and {p.dtype for p in cast.parameters()} == {torch.bfloat16}
+    bf16 = WordTagger(cast, tokenizer).predict_ids(docs)
+    assert [len(x) for x in bf16] == [5, 1, 40]
+    agree = sum(a == b for x, y in zip(fp32, bf16) for a, b in zip(x, y))
+    assert agree / 46 > 0.8
+    assert for_inference(model, "bf16", "cuda")[1] == torch.bfloat16  # GPUs keep autocast
+
