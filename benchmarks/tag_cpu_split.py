@@ -23,14 +23,9 @@ import subprocess
 import sys
 import time
 
+from tag_vs_pipeline import process_kind  # this script's folder is on sys.path when run
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def process_kind(p) -> str:
-    cmd = p.cmdline()
-    if cmd and cmd[0].startswith("ray::"):
-        return cmd[0].split()[0]
-    return p.name() or "?"
 
 
 def main() -> None:

@@ -85,6 +85,14 @@ def write_corpus(texts: list[str], n: int, folder: str, shard: int = 10_000) -> 
     os.rename(folder + ".tmp", folder)
 
 
+def process_kind(p) -> str:
+    """A process's title: ``ray::TagActor``-style for Ray workers, else its name (``raylet``, ``python``...)."""
+    cmd = p.cmdline()
+    if cmd and cmd[0].startswith("ray::"):
+        return cmd[0].split()[0]
+    return p.name() or "?"
+
+
 def tree_pss(pid: int) -> tuple[int, dict[str, int]]:
     """Summed PSS of a process and all its descendants (bytes), and its split by process kind.
 
@@ -102,10 +110,9 @@ def tree_pss(pid: int) -> tuple[int, dict[str, int]]:
     for p in procs:
         try:
             pss = p.memory_full_info().pss
-            cmd = p.cmdline()
+            kind = process_kind(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        kind = (cmd[0].split()[0] if cmd and cmd[0].startswith("ray::") else p.name()) or "?"
         total += pss
         kinds[kind] = kinds.get(kind, 0) + pss
     return total, kinds
