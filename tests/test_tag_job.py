@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -214,3 +215,32 @@ def test_unrunnable_jobs_exit_2_with_one_line(ray_cluster, tiny_tagger, tmp_path
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].startswith("error: ") and message in err.strip().splitlines()[-1], err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("truncate_weights", "model.safetensors is incomplete or damaged"),
+        ("drop_weights", "no safetensors weights"),
+        ("break_tokenizer", "tokenizer.json does not load"),
+    ],
+)
+def test_a_damaged_model_copy_is_refused_before_tagging(ray_cluster, tiny_tagger, tmp_path, capsys, damage, message):
+    # The driver reads the model's files without loading it (no torch there): a copy cut
+    # short by a failed upload must still fail in one line, not in the actors' tracebacks.
+    model = tmp_path / "model"
+    shutil.copytree(tiny_tagger, model)
+    weights = model / "model.safetensors"
+    if damage == "truncate_weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "drop_weights":
+        weights.unlink()
+    else:
+        (model / "tokenizer.json").write_text('{"version": ')
+    (tmp_path / "in.jsonl").write_text(json.dumps({"text": "Alice met Bob in Paris."}) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        tag_job.run_main(tag_job.main, ["--model", str(model), "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot load model '{model}'") and message in last, last
+    assert not (tmp_path / "out" / "_manifest.json").exists()
