@@ -169,10 +169,13 @@ import torch
 from ner_core.tagger import load_tagger, load_tokenizer
 from ner_core.text import split_words
 from ner_core.casing import MARKERS, case_marker_ids, word_case
+from ner_core.precision import for_inference
 model_dir, corpus, threads, precision, max_length = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 torch.set_num_threads(threads)
 model, tok = load_tagger(model_dir).eval(), load_tokenizer(model_dir)
-autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+# the same precision as jobs.tag's actors: bf16 on CPU casts the weights once (ner_core.precision)
+model, dtype = for_inference(model, "bf16" if precision == "bf16" else "none", "cpu")
+autocast = torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 t = time.time()
 docs = [[w.text for w in split_words(json.loads(l)["text"])] for p in sorted(glob.glob(corpus + "/*.jsonl")) for l in open(p)]
 if case_marker_ids(tok):  # the model reads a case marker before capitalised words: feed it the same tokens as jobs.tag
