@@ -8,6 +8,7 @@ lines while it runs, and the summary with every path a user needs next.
 from __future__ import annotations
 
 import os
+import time
 
 import ray
 
@@ -78,6 +79,7 @@ class TrainingMonitor:
         self.stage: Stage | None = Stage("starting Ray Train workers", unit=None)
         self.epoch: int | None = None
         self.follower = Follower(self._on_events)
+        self.first_rows_at: float | None = None  # when the actors first reported rows tagged (the job's start-up ends)
 
     @property
     def board(self):
@@ -205,14 +207,17 @@ class TaggingMonitor:
         self.show = show
         self.stage = Stage("tagging", total=total_rows, unit="rows") if show else None
         self.follower = Follower(self._on_events)
+        self.first_rows_at: float | None = None  # when the actors first reported rows tagged (the job's start-up ends)
 
     @property
     def board(self):
         return self.follower.board
 
     def _on_events(self, events: list[dict], counts: dict) -> None:
+        done = counts.get("rows", 0)
+        if done and self.first_rows_at is None:
+            self.first_rows_at = time.time()
         if self.stage is not None:
-            done = counts.get("rows", 0)
             total = self.stage.total
             self.stage.update(done, total=max(total, done) if total else None)
 
@@ -233,9 +238,10 @@ def tagging_summary(manifest: dict, output: str) -> None:
     out = output.rstrip("/")
     rate = f"{run['words_per_s']:,.0f} words/s" if run.get("words_per_s") else "nothing new to tag"
     failed = manifest["rows_failed"]
+    started = f" (first rows after {format_duration(run['startup_s'])})" if run.get("startup_s") else ""
     print_summary(
         f"tagged {manifest['rows_written']:,} rows, {failed:,} failed, of {manifest['rows_read']:,} read from {manifest['files']} file(s); "
-        f"this run {format_duration(run['seconds'])}, {rate}",
+        f"this run {format_duration(run['seconds'])}{started}, {rate}",
         [
             ("output", f"{out}  (input columns + tokens, labels, entities)"),
             ("errors", f"{out}/_errors/  ({failed:,} rows with reasons)" if failed else f"{out}/_errors/  (none)"),

@@ -76,9 +76,9 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
         tagging_plan(cfg, plan, len(paths), len(paths) - len(pending), total_rows)
 
     sink = TaggedOutputSink(cfg.output, cfg.output_format, keys, cfg.id_column, cfg.rows_per_file, input_format=plan.format, jsonl_types=settings.get("jsonl_types"))
-    if pending:
-        _run_pipeline(cfg, plan, store, pending, sink, total_rows, progress)
-    return _finish(cfg, model, settings, store, keys, sink, len(pending), time.time() - started)
+    first_rows_at = _run_pipeline(cfg, plan, store, pending, sink, total_rows, progress) if pending else None
+    startup = round(first_rows_at - started, 2) if first_rows_at else None
+    return _finish(cfg, model, settings, store, keys, sink, len(pending), time.time() - started, startup)
 
 
 def _output_settings(cfg: TagConfig, plan: TagPlan, store: OutputStore, paths: list[str]) -> dict:
@@ -117,8 +117,11 @@ def _task_args(cfg: TagConfig) -> dict:
     return {"num_cpus": cfg.cpus_per_task, **({"resources": resources} if resources else {})}
 
 
-def _run_pipeline(cfg: TagConfig, plan: TagPlan, store: OutputStore, pending: list[tuple[str, str]], sink: TaggedOutputSink, total_rows: int | None, progress: bool) -> None:
-    """read -> preprocess -> actors -> sink, with finished files committed as the job goes."""
+def _run_pipeline(cfg: TagConfig, plan: TagPlan, store: OutputStore, pending: list[tuple[str, str]], sink: TaggedOutputSink, total_rows: int | None, progress: bool) -> float | None:
+    """read -> preprocess -> actors -> sink, with finished files committed as the job goes.
+
+    Returns when the first rows were reported tagged (``time.time()``), or None.
+    """
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -167,6 +170,7 @@ def _run_pipeline(cfg: TagConfig, plan: TagPlan, store: OutputStore, pending: li
         stop.set()
         committer.join()
     store.commit_ready()
+    return monitor.first_rows_at
 
 
 def _commit_loop(store: OutputStore, stop: threading.Event, every_s: float) -> None:
@@ -178,7 +182,9 @@ def _commit_loop(store: OutputStore, stop: threading.Event, every_s: float) -> N
             log.warning("commit pass failed (will retry): %s", exc)
 
 
-def _finish(cfg: TagConfig, model, settings: dict, store: OutputStore, keys: dict[str, str], sink: TaggedOutputSink, files_tagged: int, elapsed: float) -> dict:
+def _finish(
+    cfg: TagConfig, model, settings: dict, store: OutputStore, keys: dict[str, str], sink: TaggedOutputSink, files_tagged: int, elapsed: float, startup: float | None
+) -> dict:
     """Checks every input file is committed or reported failed; writes and returns ``_manifest.json``."""
     for key in store.done_keys() & set(store.listdir(store.path("_staging"))):
         store.remove(store.staging(key))  # a write retried after its file was committed
@@ -201,7 +207,15 @@ def _finish(cfg: TagConfig, model, settings: dict, store: OutputStore, keys: dic
         "model": cfg.model,
         "model_labels": model.labels,
         "settings": settings,
-        "this_run": {**run_stats, "files_tagged": files_tagged, "seconds": round(elapsed, 2), "words_per_s": round(words / elapsed, 1) if elapsed else None},
+        # startup_s: from the job's start (Ray already up) to the first rows tagged: the model
+        # check, planning, the actors' start and model load, the first block read.
+        "this_run": {
+            **run_stats,
+            "files_tagged": files_tagged,
+            "seconds": round(elapsed, 2),
+            "startup_s": startup,
+            "words_per_s": round(words / elapsed, 1) if elapsed else None,
+        },
     }
     store.write_json(store.path("_manifest.json"), manifest)
     return manifest
