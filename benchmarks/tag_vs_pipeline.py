@@ -224,6 +224,8 @@ def main() -> None:
     ap.add_argument("--runtimes", default="onnx-int8", help="extra jobs.tag --runtime values to time at 1x (comma-separated; empty: none)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench_out"))
     ap.add_argument("--tag-args", default="--actors 1 --cpus-per-actor 1", help="jobs.tag resources (plus --torch-threads from --threads)")
+    ap.add_argument("--precisions", default="fp32", help="--only loop-vs-job: the precisions to time, comma-separated (fp32, bf16)")
+    ap.add_argument("--pipeline-sentences", type=int, default=0, help="--only loop-vs-job: also time the pipeline (batch 8) on this many sentences, for the vs-pipeline ratios")
     ap.add_argument("--only", choices=("all", "speed", "memory", "loop-vs-job"), default="all",
                     help="the speed comparison, the memory comparison, both, or just jobs.tag against the bare loop in fp32 (for a large --sentences)")  # fmt: skip
     args = ap.parse_args()
@@ -253,7 +255,7 @@ def main() -> None:
         manifest = json.load(open(os.path.join(out_dir, "_manifest.json")))
         run = manifest["this_run"]
         return {"sentences": n, "flags": " ".join(flags), "seconds_total": round(secs, 1), "job_seconds": run["seconds"], "words": run["words"],
-                "words_per_s": run["words"] / run["seconds"], "rows_written": manifest["rows_written"], "rows_failed": manifest["rows_failed"],
+                "words_per_s": run["words"] / run["seconds"], "startup_s": run.get("startup_s"), "rows_written": manifest["rows_written"], "rows_failed": manifest["rows_failed"],
                 "peak_tree_pss": peak and peak["bytes"], "peak_by_process_mib": peak and peak["by_process"]}  # fmt: skip
 
     if args.only in ("all", "speed"):
@@ -287,10 +289,22 @@ def main() -> None:
             "bf16": round(results["jobs_tag_bf16"]["words_per_s"] / results["bare_loop_bf16"]["words_per_s"], 3),
         }
     if args.only == "loop-vs-job":
-        _, _, out = run_measured([sys.executable, "-c", BARE_LOOP_CHILD, args.model, corpus, threads, "fp32", str(args.max_length)], env)
-        show("bare_loop_fp32", json.loads(out.strip().splitlines()[-1]))
-        show("jobs_tag_fp32", jobs_tag("fp32", sizes["1x"], ["--mixed-precision", "none"]))
-        results["jobs_tag_vs_bare_loop"] = {"fp32": round(results["jobs_tag_fp32"]["words_per_s"] / results["bare_loop_fp32"]["words_per_s"], 3)}
+        # A large corpus, where jobs.tag's start-up is amortised; the pipeline's rate does not
+        # depend on the corpus size, so it runs on --pipeline-sentences only (a 100,000-row
+        # pipeline run would take 10 minutes on 2 cores).
+        precisions = args.precisions.split(",")
+        for precision in precisions:
+            _, _, out = run_measured([sys.executable, "-c", BARE_LOOP_CHILD, args.model, corpus, threads, precision, str(args.max_length)], env)
+            show(f"bare_loop_{precision}", json.loads(out.strip().splitlines()[-1]))
+            show(f"jobs_tag_{precision}", jobs_tag(precision, sizes["1x"], ["--mixed-precision", "none" if precision == "fp32" else precision]))
+        results["jobs_tag_vs_bare_loop"] = {p: round(results[f"jobs_tag_{p}"]["words_per_s"] / results[f"bare_loop_{p}"]["words_per_s"], 3) for p in precisions}
+        if args.pipeline_sentences:
+            n = args.pipeline_sentences
+            write_corpus(texts, n, corpus_dir(args.out, n))
+            _, _, out = run_measured([sys.executable, "-c", PIPELINE_CHILD, args.model, corpus_dir(args.out, n), "8", str(n), threads], env)
+            show("pipeline", json.loads(out.strip().splitlines()[-1]))
+            timed = [f"{kind}_{p}" for p in precisions for kind in ("bare_loop", "jobs_tag")]
+            results["vs_pipeline"] = {name: round(results[name]["words_per_s"] / results["pipeline"]["words_per_s"], 2) for name in timed}
     if args.only in ("all", "memory"):
         mem_flags = ["--mixed-precision", "none" if args.memory_precision == "fp32" else args.memory_precision]
         show("memory_1x", jobs_tag("memory-1x", sizes["memory_1x"], mem_flags, memory=True))
