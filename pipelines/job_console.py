@@ -79,7 +79,6 @@ class TrainingMonitor:
         self.stage: Stage | None = Stage("starting Ray Train workers", unit=None)
         self.epoch: int | None = None
         self.follower = Follower(self._on_events)
-        self.first_rows_at: float | None = None  # when the actors first reported rows tagged (the job's start-up ends)
 
     @property
     def board(self):

@@ -75,8 +75,10 @@ def check_model(model: str) -> ModelInfo:
 
     Reads the model's files (``ner_core.model_files``) without loading it: the driver then
     imports neither torch nor transformers, and the actors, which load it anyway, start
-    3 s sooner. A model whose files are all there but will not load (truncated weights)
-    is reported by the first actor, as the same one-line error (``TagActor``).
+    3 s sooner. It catches what breaks a copied model: a missing or cut-short weights file
+    (safetensors header against the file's size), an unreadable config or tokenizer. A
+    model that passes and still will not load (weights of another architecture) stops the
+    job at the first actor, whose traceback ends in ``TagRunError: cannot load model ...``.
     """
     from ner_core.model_files import read_saved_model
 
