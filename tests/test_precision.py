@@ -57,3 +57,20 @@ def test_bf16_inference_on_cpu_casts_the_weights_once_instead_of_autocasting(tin
     assert agree / 46 > 0.8
     assert for_inference(model, "bf16", "cuda")[1] == torch.bfloat16  # GPUs keep autocast
 
+
+
+def test_bf16_weights_on_cpu_pad_batches_to_a_few_shapes_with_the_same_labels(tiny_dirs, tokenizer):
+    # oneDNN keeps kernels per input shape: exact padding let a bf16 actor's heap grow with
+    # every new batch length; padding to 16 positions bounds the shapes (fp32 stays exact).
+    from ner_core.inference import InferenceSettings, WordTagger
+    from ner_core.precision import for_inference
+    from transformers import AutoModelForTokenClassification
+
+    load = lambda: AutoModelForTokenClassification.from_pretrained(tiny_dirs["bert_tagger"])  # noqa: E731
+    cast, _ = for_inference(load(), "bf16", "cpu")
+    docs = [["word"] * n for n in (3, 7, 11, 19, 23)]
+    padded = WordTagger(cast, tokenizer, InferenceSettings(batch_size=1))
+    exact = WordTagger(cast, tokenizer, InferenceSettings(batch_size=1, cpu_bf16_pad_to_multiple_of=None))
+    assert padded.pad_to_multiple_of == 16 and exact.pad_to_multiple_of is None
+    assert WordTagger(load(), tokenizer).pad_to_multiple_of is None  # fp32 on CPU: exact
+    assert padded.predict_ids(docs) == exact.predict_ids(docs)
