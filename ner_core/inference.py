@@ -28,8 +28,8 @@ class InferenceSettings:
     # shapes). On CPU every padded position is computed for nothing: with length-sorted
     # batches, exact padding made the tagging actor 12% faster on CoNLL sentences.
     pad_to_multiple_of: int | None = 8
-    # ... except for bf16 weights on CPU, where oneDNN builds and keeps kernels for each input
-    # shape: with exact padding (a new length nearly every batch) the actor's heap grew from
+    # ... except for bf16 weights on CPU, where memory follows the input shapes (likely oneDNN
+    # keeping kernels per shape): with exact padding (a new length nearly every batch) the actor's heap grew from
     # 901 to 1,288 MiB between a 5,000- and a 50,000-row run; padded to 16, 742 to 853 MiB,
     # at the same speed (8,096 against 8,028 words/s).
     cpu_bf16_pad_to_multiple_of: int | None = 16
