@@ -64,4 +64,3 @@ def for_inference(model, setting: str, device_type: str):
     if device_type == "cpu" and dtype == torch.bfloat16 and isinstance(model, torch.nn.Module):
         return model.to(torch.bfloat16), None
     return model, dtype
-

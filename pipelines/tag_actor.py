@@ -20,9 +20,9 @@ from ner_core.alignment import Window
 from ner_core.documents import Document
 from ner_core.spans import extract_spans
 from ner_core.text import Word
-from pipelines.tag_config import TagPlan, TagRunError
+from pipelines.tag_config import TagPlan
 from pipelines.tag_input import ERROR, RAW, raw_row
-from pipelines.tag_model import cached_tokenizer, local_model_dir
+from pipelines.tag_model import cached_tokenizer, load_failure, local_model_dir
 from pipelines.tag_preprocess import WINDOW_COLUMNS, WORD_COLUMNS, preprocess
 
 ENTITY_TYPE = pa.struct([("type", pa.string()), ("start", pa.int64()), ("end", pa.int64()), ("text", pa.string())])
@@ -48,7 +48,7 @@ class TagActor:
             engine = load_runtime(path, plan.runtime, threads=plan.torch_threads)  # torch, or ONNX Runtime (exported once per model version, cached)
             tokenizer = cached_tokenizer(plan.model, plan.model_identity)
         except Exception as exc:  # noqa: BLE001 - any loading failure means the same thing to the user
-            raise TagRunError(f"cannot load model {plan.model!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            raise load_failure(plan.model, exc) from exc
         engine, dtype = for_inference(engine, plan.mixed_precision, device)
         self.tagger = WordTagger(engine, tokenizer, settings, device=device, autocast_dtype=dtype)
         self.progress = Reporter(progress)  # rows tagged, for the driver's progress line

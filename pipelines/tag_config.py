@@ -30,6 +30,11 @@ class TagRunError(ValueError):
     """The job cannot run (bad settings, unreadable model or input); reported as one line."""
 
 
+def exception_line(exc: BaseException) -> str:
+    """``Type: first line of the message``: how a failure is named in a one-line error or an error record."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
 def _help(text: str, **extra: Any) -> dict:
     return {"help": text, **extra}
 

@@ -37,6 +37,7 @@ from ray.data.datasource import Datasource, ReadTask
 
 from ner_core.documents import BadRow, check_row
 from pipelines.storage import fsspec_filesystem, is_s3, strip_scheme
+from pipelines.tag_config import exception_line
 from pipelines.tag_store import OutputStore
 
 SRC, ROW, ERROR, RAW = "__src", "__row", "__error", "__raw"
@@ -196,7 +197,7 @@ class TaggingInput(Datasource):
                     done = upto
                 return
             except Exception as exc:  # noqa: BLE001 - storage clients raise their own types (aiohttp, botocore, gzip, pyarrow); rows are parsed per line elsewhere
-                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                reason = exception_line(exc)
                 if attempt + 1 < self.read_attempts:
                     time.sleep(self.retry_delay_s * 2**attempt)
         raise FileReadFailed(f"read failed {self.read_attempts} times, last at {'line' if self.fmt == 'jsonl' else 'row'} {done}: {reason}")

@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 
-from pipelines.tag_config import TagRunError
+from pipelines.tag_config import TagRunError, exception_line
 
 
 def model_identity(model: str) -> str:
@@ -62,6 +62,11 @@ def cached_tokenizer(model: str, identity: str):
     return load_tokenizer(local_model_dir(model, identity))
 
 
+def load_failure(model: str, exc: BaseException) -> TagRunError:
+    """The one-line error for a model that cannot be read or loaded, on the driver or in an actor."""
+    return TagRunError(f"cannot load model {model!r}: {exception_line(exc)}")
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     identity: str
@@ -86,5 +91,5 @@ def check_model(model: str) -> ModelInfo:
         identity = model_identity(model)
         saved = read_saved_model(local_model_dir(model, identity))
     except Exception as exc:  # noqa: BLE001 - any loading failure means the same thing to the user
-        raise TagRunError(f"cannot load model {model!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        raise load_failure(model, exc) from exc
     return ModelInfo(identity, saved.model_type, saved.labels, saved.max_positions)

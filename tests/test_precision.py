@@ -58,10 +58,9 @@ def test_bf16_inference_on_cpu_casts_the_weights_once_instead_of_autocasting(tin
     assert for_inference(model, "bf16", "cuda")[1] == torch.bfloat16  # GPUs keep autocast
 
 
-
 def test_bf16_weights_on_cpu_pad_batches_to_a_few_shapes_with_the_same_labels(tiny_dirs, tokenizer):
-    # oneDNN keeps kernels per input shape: exact padding let a bf16 actor's heap grow with
-    # every new batch length; padding to 16 positions bounds the shapes (fp32 stays exact).
+    # A bf16 actor's heap grew with every new batch length under exact padding (likely oneDNN
+    # keeping kernels per shape); padding to 16 positions bounds the shapes (fp32 stays exact).
     from ner_core.inference import InferenceSettings, WordTagger
     from ner_core.precision import for_inference
     from transformers import AutoModelForTokenClassification
