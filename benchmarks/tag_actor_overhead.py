@@ -24,6 +24,8 @@ import os
 import subprocess
 import sys
 
+from tag_vs_pipeline import child_env, jobs_tag_command  # this script's folder is on sys.path when run
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHILD = r"""
@@ -77,8 +79,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--out", default="bench_out/tagged-actor-overhead")
     args = ap.parse_args()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": ROOT}
-    env.pop("RAY_ADDRESS", None)
+    env = child_env()
     if not glob.glob(os.path.join(args.corpus, "*.jsonl")):
         raise SystemExit(f"no JSONL files in {args.corpus}: run benchmarks/tag_vs_pipeline.py first")
     results = []
@@ -87,9 +88,8 @@ def main() -> None:
         out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), flush=True)
-    cmd = [sys.executable, "-m", "jobs.tag", "--model", args.model, "--input", args.corpus, "--output", args.out, "--overwrite", "true",
-           "--max-length", str(args.max_length), "--torch-threads", str(args.threads), "--actors", "1", "--cpus-per-actor", "1",
-           "--batch-size", str(args.batch_size), "--mixed-precision", args.precision]  # fmt: skip
+    flags = ["--actors", "1", "--cpus-per-actor", "1", "--batch-size", str(args.batch_size), "--mixed-precision", args.precision]
+    cmd = jobs_tag_command(args.model, args.corpus, args.out, args.max_length, args.threads, flags)
     subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, check=True)
     run = json.load(open(os.path.join(ROOT, args.out, "_manifest.json")))["this_run"]
     calls = run["seconds"] - run["startup_s"]

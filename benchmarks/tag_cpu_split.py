@@ -20,10 +20,9 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 
-from tag_vs_pipeline import process_kind  # this script's folder is on sys.path when run
+from tag_vs_pipeline import child_env, jobs_tag_command, process_kind  # this script's folder is on sys.path when run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,11 +37,9 @@ def main() -> None:
     args = ap.parse_args()
     import psutil
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": ROOT}
-    env.pop("RAY_ADDRESS", None)
+    env = child_env()
     threads = str(os.cpu_count() or 1)
-    cmd = [sys.executable, "-m", "jobs.tag", "--model", args.model, "--input", args.corpus, "--output", args.out, "--overwrite", "true",
-           "--max-length", "128", "--torch-threads", threads, "--actors", "1", "--cpus-per-actor", "1", *args.flags]  # fmt: skip
+    cmd = jobs_tag_command(args.model, args.corpus, args.out, 128, threads, ["--actors", "1", "--cpus-per-actor", "1", *args.flags])
     start = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     root = psutil.Process(proc.pid)

@@ -85,6 +85,24 @@ def write_corpus(texts: list[str], n: int, folder: str, shard: int = 10_000) -> 
     os.rename(folder + ".tmp", folder)
 
 
+def child_env() -> dict[str, str]:
+    """The environment of every contender: offline hub, one tokenizer thread, this checkout, a local Ray."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": ROOT}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def jobs_tag_command(model: str, corpus: str, out: str, max_length: int, threads: int | str, flags: list[str]) -> list[str]:
+    """The ``jobs.tag`` command line every benchmark runs (a fresh output each time)."""
+    return [sys.executable, "-m", "jobs.tag", "--model", model, "--input", corpus, "--output", out, "--overwrite", "true",
+            "--max-length", str(max_length), "--torch-threads", str(threads), *flags]  # fmt: skip
+
+
+def precision_flags(precision: str) -> list[str]:
+    """jobs.tag's ``--mixed-precision`` for a benchmark precision name (fp32 is ``none`` there)."""
+    return ["--mixed-precision", "none" if precision == "fp32" else precision]
+
+
 def process_kind(p) -> str:
     """A process's title: ``ray::TagActor``-style for Ray workers, else its name (``raylet``, ``python``...)."""
     cmd = p.cmdline()
@@ -230,8 +248,7 @@ def main() -> None:
                     help="the speed comparison, the memory comparison, both, or just jobs.tag against the bare loop in fp32 (for a large --sentences)")  # fmt: skip
     args = ap.parse_args()
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": ROOT}
-    env.pop("RAY_ADDRESS", None)
+    env = child_env()
     texts = conll_texts(args.data)
     mem = args.memory_sentences or args.sentences
     sizes = {"1x": args.sentences} if args.only != "memory" else {}
@@ -249,8 +266,7 @@ def main() -> None:
 
     def jobs_tag(name: str, n: int, flags: list[str], memory: bool = False) -> dict:
         out_dir = os.path.join(args.out, f"tagged-{name}")
-        cmd = [sys.executable, "-m", "jobs.tag", "--model", args.model, "--input", corpus_dir(args.out, n), "--output", out_dir, "--overwrite", "true",
-               "--max-length", str(args.max_length), "--torch-threads", threads, *args.tag_args.split(), *flags]  # fmt: skip
+        cmd = jobs_tag_command(args.model, corpus_dir(args.out, n), out_dir, args.max_length, threads, [*args.tag_args.split(), *flags])
         secs, peak, _ = run_measured(cmd, env, memory)
         manifest = json.load(open(os.path.join(out_dir, "_manifest.json")))
         run = manifest["this_run"]
@@ -296,7 +312,7 @@ def main() -> None:
         for precision in precisions:
             _, _, out = run_measured([sys.executable, "-c", BARE_LOOP_CHILD, args.model, corpus, threads, precision, str(args.max_length)], env)
             show(f"bare_loop_{precision}", json.loads(out.strip().splitlines()[-1]))
-            show(f"jobs_tag_{precision}", jobs_tag(precision, sizes["1x"], ["--mixed-precision", "none" if precision == "fp32" else precision]))
+            show(f"jobs_tag_{precision}", jobs_tag(precision, sizes["1x"], precision_flags(precision)))
         results["jobs_tag_vs_bare_loop"] = {p: round(results[f"jobs_tag_{p}"]["words_per_s"] / results[f"bare_loop_{p}"]["words_per_s"], 3) for p in precisions}
         if args.pipeline_sentences:
             n = args.pipeline_sentences
@@ -306,7 +322,7 @@ def main() -> None:
             timed = [f"{kind}_{p}" for p in precisions for kind in ("bare_loop", "jobs_tag")]
             results["vs_pipeline"] = {name: round(results[name]["words_per_s"] / results["pipeline"]["words_per_s"], 2) for name in timed}
     if args.only in ("all", "memory"):
-        mem_flags = ["--mixed-precision", "none" if args.memory_precision == "fp32" else args.memory_precision]
+        mem_flags = precision_flags(args.memory_precision)
         show("memory_1x", jobs_tag("memory-1x", sizes["memory_1x"], mem_flags, memory=True))
         show("memory_scaled", jobs_tag("memory-scaled", sizes["scaled"], mem_flags, memory=True))
 
