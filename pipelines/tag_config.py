@@ -55,7 +55,10 @@ class TagConfig:
     # more rows sorted together, the less padding per forward pass (512 -> 2048 rows was
     # 1.5x faster on CPU for CoNLL-length sentences; the rows cost a few MB).
     batch_size: int = field(default=2048, metadata=_help("rows per actor call (windows are length-sorted within it)"))
-    window_batch_size: int = field(default=64, metadata=_help("windows per forward pass"))
+    # A forward pass takes up to this many windows and --batch-tokens positions, so short
+    # sentences go in large batches and long ones in small (ner_core.inference.length_batches).
+    window_batch_size: int = field(default=256, metadata=_help("windows per forward pass, at most"))
+    batch_tokens: int = field(default=8192, metadata=_help("positions per forward pass (windows x padded length), at most"))
     actors: str = field(default="1", metadata=_help("actor pool size: N, or MIN-MAX to autoscale"))
     cpus_per_actor: float = field(default=1.0, metadata=_help("CPUs reserved per actor (fractional allowed; keep some free for reading)"))
     gpus_per_actor: float = field(default=0.0, metadata=_help("GPUs per actor; fractional to share a GPU between actors"))
@@ -90,7 +93,7 @@ class TagConfig:
             raise ValueError(f"--runtime {self.runtime} runs on CPU; with --gpus-per-actor use --runtime torch")
         if self.mixed_precision == "fp16" and not self.gpus_per_actor:
             raise ValueError("--mixed-precision fp16 needs --gpus-per-actor > 0; on CPU use bf16 or none")
-        for name in ("batch_size", "window_batch_size", "max_length", "rows_per_block", "rows_per_file", "read_attempts"):
+        for name in ("batch_size", "window_batch_size", "batch_tokens", "max_length", "rows_per_block", "rows_per_file", "read_attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         if self.stride < 0:
@@ -155,6 +158,7 @@ class TagPlan:
     max_length: int  # clamped to the model's positions
     stride: int
     window_batch_size: int
+    batch_tokens: int
     min_actors: int
     max_actors: int
     torch_threads: int
@@ -175,6 +179,7 @@ class TagPlan:
             max_length=min(cfg.max_length, max_positions) if max_positions else cfg.max_length,
             stride=cfg.stride,
             window_batch_size=cfg.window_batch_size,
+            batch_tokens=cfg.batch_tokens,
             min_actors=lo,
             max_actors=hi,
             torch_threads=cfg.torch_threads or max(1, int(cfg.cpus_per_actor)),

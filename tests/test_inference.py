@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ner_core.inference import InferenceSettings, WordTagger
+from ner_core.inference import InferenceSettings, WordTagger, length_batches
 from ner_core.labels import LabelMap, is_valid
 from ner_core.tagger import build_tagger
 from tests.conftest import CONLL_LABELS
@@ -33,3 +33,32 @@ def test_matches_a_plain_forward_pass(tiny_dirs, tokenizer):
             first[w] = best[pos]
     expected = [first[i] for i in range(len(words))]
     assert WordTagger(model, tokenizer).predict_ids([words]) == [expected]
+
+
+def test_forward_batches_group_similar_lengths_within_their_limits():
+    lengths = [30, 5, 6, 5, 31, 120, 7, 32, 6, 64]
+    batches = length_batches(lengths, max_windows=3, max_tokens=100, max_padding=0.1)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # every window once
+    for b in batches:
+        widths = [lengths[i] for i in b]
+        assert widths == sorted(widths) and len(b) <= 3
+        assert len(b) == 1 or len(b) * max(widths) <= 100  # a single long window still gets its pass
+        assert len(b) * max(widths) - sum(widths) <= 0.1 * len(b) * max(widths)
+    assert [[lengths[i] for i in b] for b in batches] == [[5, 5], [6, 6, 7], [30, 31, 32], [64], [120]]
+    # the limits are what cuts: without them, one sorted run in batches of max_windows
+    assert [len(b) for b in length_batches(lengths, max_windows=4)] == [4, 4, 2]
+    # a multiple-of-16 padding counts against the positions, not against the padding share
+    # (5 positions padded to 16 would be 69% padding, yet [5, 5] is one batch), and the limit
+    # on positions counts the rounded length (4 x 6 = 24 would fit in 32; 4 x 16 does not)
+    short = [6, 5, 6, 5]
+    assert [[short[i] for i in b] for b in length_batches(short, 8, max_tokens=32, max_padding=0.2)] == [[5, 5, 6, 6]]
+    assert [[short[i] for i in b] for b in length_batches(short, 8, max_tokens=32, max_padding=0.2, pad_to_multiple_of=16)] == [[5, 5], [6, 6]]
+
+
+def test_predictions_do_not_depend_on_how_windows_are_batched(tiny_dirs, tokenizer):
+    torch.manual_seed(0)
+    model = build_tagger("encoder", tiny_dirs["distilbert"], labels=LabelMap(tuple(CONLL_LABELS)))
+    docs = [[f"w{j}" for j in range(n)] for n in (1, 40, 3, 17, 2, 90, 5)]
+    one_by_one = WordTagger(model, tokenizer, InferenceSettings(max_length=32, stride=8, batch_size=1)).predict_ids(docs)
+    packed = WordTagger(model, tokenizer, InferenceSettings(max_length=32, stride=8, batch_size=64, batch_tokens=96, max_padding=0.2)).predict_ids(docs)
+    assert packed == one_by_one
