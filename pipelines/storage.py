@@ -118,33 +118,42 @@ def expand_inputs(path: str, extensions: tuple[str, ...] = ()) -> list[str]:
     return sorted(scheme + p for p in found)
 
 
-def tree_identity(path: str) -> str:
-    """A short hash that changes whenever any file under ``path`` (a file or folder) changes.
+def folder_files(path: str) -> dict[str, dict]:
+    """The files directly in folder ``path`` (or ``path`` itself, a file): full path -> fsspec info.
 
-    On S3 it is built from each object's key, size and ETag (S3's own content hash), so
+    Subfolders are left out: a model's own files are the ones ``save_pretrained`` writes
+    at its top level, while a training run's output folder also keeps its checkpoints
+    and logs in subfolders (``_ray/``, ``tensorboard/``), several times the model's size.
+    """
+    fs = fsspec_filesystem(path)
+    bare = (strip_scheme(path) if is_s3(path) else os.path.abspath(path)).rstrip("/")
+    if is_s3(path):
+        fs.invalidate_cache(bare)  # s3fs caches listings: a re-upload must be seen
+    found = fs.ls(bare, detail=True) if fs.isdir(bare) else [fs.info(bare)]
+    files = {info["name"]: info for info in found if info.get("type") != "directory"}
+    if not files:
+        raise FileNotFoundError(f"nothing at {path}")
+    return files
+
+
+def files_identity(path: str) -> str:
+    """A short hash that changes whenever a file directly in ``path`` (``folder_files``) changes.
+
+    On S3 it is built from each object's name, size and ETag (S3's own content hash), so
     it costs one listing, not a download; locally from each file's name and content. Used
     to tell a retrained model uploaded to the same URI from the one cached or recorded.
     """
     import hashlib
 
     fs = fsspec_filesystem(path)
-    bare = (strip_scheme(path) if is_s3(path) else os.path.abspath(path)).rstrip("/")
-    if is_s3(path):
-        fs.invalidate_cache(bare)  # s3fs caches listings: a re-upload must be seen
-    found = fs.find(bare, detail=True) if fs.isdir(bare) else {bare: fs.info(bare)}
     digest = hashlib.sha256()
-    for name in sorted(found):
-        info = found[name]
-        if info.get("type") == "directory":
-            continue
-        rel = name[len(bare):].lstrip("/")
+    for name, info in sorted(folder_files(path).items()):
+        base = name.rsplit("/", 1)[-1]
         if is_s3(path):
-            digest.update(f"{rel}\0{info.get('size')}\0{info.get('ETag') or info.get('LastModified')}\n".encode())
+            digest.update(f"{base}\0{info.get('size')}\0{info.get('ETag') or info.get('LastModified')}\n".encode())
         else:
-            digest.update(f"{rel}\0".encode())
+            digest.update(f"{base}\0".encode())
             with fs.open(name, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(chunk)
-    if not found:
-        raise FileNotFoundError(f"nothing at {path}")
     return digest.hexdigest()[:16]

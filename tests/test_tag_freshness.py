@@ -85,3 +85,27 @@ def test_resume_is_refused_when_anything_that_changes_labels_changed(ray_cluster
     err = _refusal(capsys, [*base, "--max-length", "512"])
     assert f"made with another version of model {model}" in err and err.startswith("error: ")
     assert os.listdir(out / "_done")  # nothing was discarded by the refusals
+
+
+def test_a_training_runs_checkpoints_beside_the_model_are_not_part_of_it(tiny_tagger, s3_bucket, tmp_path):
+    """A training output folder holds the model at its top level and the run's checkpoints
+    and logs in subfolders: those are neither hashed nor copied to the workers."""
+    from pipelines.storage import fsspec_filesystem
+    from pipelines.tag_model import local_model_dir, model_identity
+
+    folder = tmp_path / "run"
+    shutil.copytree(tiny_tagger, folder)
+    before = model_identity(str(folder))
+    (folder / "_ray" / "train" / "checkpoint_000001").mkdir(parents=True)
+    (folder / "_ray" / "train" / "checkpoint_000001" / "model.safetensors").write_bytes(os.urandom(1000))
+    (folder / "tensorboard").mkdir()
+    (folder / "tensorboard" / "events.out").write_bytes(b"step 1")
+    assert model_identity(str(folder)) == before  # training state changed, the model did not
+    (folder / "config.json").write_text((folder / "config.json").read_text().replace("}", ', "note": "retrained"}', 1))
+    assert model_identity(str(folder)) != before
+
+    fs = fsspec_filesystem(s3_bucket)
+    uri = f"{s3_bucket}/runs/conll"
+    fs.put(str(folder) + "/", uri[5:] + "/", recursive=True)
+    copy = local_model_dir(uri, model_identity(uri))
+    assert sorted(os.listdir(copy)) == sorted(p.name for p in folder.iterdir() if p.is_file())
