@@ -7,7 +7,8 @@ all its rows are there, so the output only ever holds whole files.
 
 JSONL input comes back field for field from each row's original line (values
 exactly as read); to Parquet, each field gets one type for the whole job
-(``tag_input.scan_jsonl_columns``), or JSON text when its type varies.
+(``tag_input.scan_jsonl_columns``, which runs beside the tagging), or JSON text when
+its type varies.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ class TaggedOutputSink(Datasink):
     ):
         self.output = output
         self.input_format = input_format
-        self.jsonl_types = jsonl_types or {}  # JSONL -> Parquet: field -> its type for the job, None: JSON text
+        # JSONL -> Parquet: field -> its type for the job, None: JSON text; or the ObjectRef of
+        # the scan still running beside the tagging (tag_input.scan_jsonl_columns)
+        self.jsonl_types = jsonl_types if jsonl_types is not None else {}
         self.rows_per_file = rows_per_file
         self.output_format = output_format
         self.sources = sources
@@ -97,6 +100,10 @@ class TaggedOutputSink(Datasink):
         A field without one type across the whole input (``3`` here, ``"d-4"`` there) is
         stored as the JSON text of each value (null stays null): ``json.loads`` gives the value back.
         """
+        if not isinstance(self.jsonl_types, dict):  # the first write of this task waits for the scan
+            import ray
+
+            self.jsonl_types = ray.get(self.jsonl_types)
         names = list(self.jsonl_types) + [n for n in dict.fromkeys(k for f in fields for k in f) if n not in self.jsonl_types]
         columns = {}
         for name in names:

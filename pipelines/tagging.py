@@ -77,6 +77,7 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
 
     sink = TaggedOutputSink(cfg.output, cfg.output_format, keys, cfg.id_column, cfg.rows_per_file, input_format=plan.format, jsonl_types=settings.get("jsonl_types"))
     first_rows_at = _run_pipeline(cfg, plan, store, pending, sink, total_rows, progress) if pending else None
+    record_jsonl_types(store, settings)
     startup = round(first_rows_at - started, 2) if first_rows_at else None
     return _finish(cfg, model, settings, store, keys, sink, len(pending), time.time() - started, startup)
 
@@ -86,20 +87,8 @@ def _output_settings(cfg: TagConfig, plan: TagPlan, store: OutputStore, paths: l
     # What is recorded (and compared on resume) is what the run uses.
     settings = {k: v for k, v in asdict(cfg).items() if k != "overwrite"}
     settings.update(format=plan.format, max_length=plan.max_length, model_identity=plan.model_identity, precision=precision(cfg))
-    if plan.format == "jsonl" and cfg.output_format == "parquet":
-        # One Parquet type per field for the whole output, fixed when it was started.
-        jsonl_types = (store.read_json(store.path("_job.json")) or {}).get("jsonl_types")
-        if jsonl_types is None:
-            jsonl_types = scan_jsonl_columns(paths, cfg.rows_per_block, plan.column, plan.pretokenized, _task_args(cfg))
-        settings["jsonl_types"] = jsonl_types
-        settings["json_encoded_columns"] = [name for name, t in jsonl_types.items() if t is None]
-        if settings["json_encoded_columns"]:
-            log.warning("fields with more than one type, stored in Parquet as JSON text: %s", settings["json_encoded_columns"])
     previous = store.read_json(store.path("_job.json"))
-    if previous is None:
-        store.write_json(store.path("_job.json"), settings)
-        return settings
-    changed = [k for k in OUTPUT_SETTINGS if previous.get(k) != settings.get(k)]
+    changed = [k for k in OUTPUT_SETTINGS if previous is not None and previous.get(k) != settings.get(k)]
     if changed:
         k = changed[0]
         what = (
@@ -108,7 +97,47 @@ def _output_settings(cfg: TagConfig, plan: TagPlan, store: OutputStore, paths: l
             else f"{k}={previous.get(k)!r} (now {settings.get(k)!r})"
         )
         raise TagRunError(f"{cfg.output} holds output made with {what}; use a new --output, or --overwrite to replace it")
+    if plan.format == "jsonl" and cfg.output_format == "parquet":
+        # One Parquet type per field for the whole output, fixed when it was started; a new
+        # output's types come from a scan that runs beside the tagging (record_jsonl_types).
+        jsonl_types = (previous or {}).get("jsonl_types")
+        if jsonl_types is None:
+            settings["jsonl_types"] = scan_jsonl_columns(paths, cfg.rows_per_block, plan.column, plan.pretokenized, _task_args(cfg))
+        else:
+            settings["jsonl_types"] = jsonl_types
+            _note_json_text(settings, jsonl_types)
+    if previous is None:
+        store.write_json(store.path("_job.json"), _recorded(settings))
     return settings
+
+
+def _recorded(settings: dict) -> dict:
+    """``settings`` as ``_job.json`` holds them: without the types of a scan still running."""
+    return {k: v for k, v in settings.items() if k != "jsonl_types" or isinstance(v, dict)}
+
+
+def record_jsonl_types(store: OutputStore, settings: dict) -> None:
+    """Waits for the scan started by ``_output_settings`` (if any) and adds its types to ``_job.json``.
+
+    A run killed before this point leaves ``_job.json`` without them; the run that resumes
+    it scans again, and the same input gives the same types.
+    """
+    scan = settings.get("jsonl_types")
+    if scan is None or isinstance(scan, dict):
+        return
+    import ray
+
+    settings["jsonl_types"] = ray.get(scan)
+    _note_json_text(settings, settings["jsonl_types"])
+    job = store.read_json(store.path("_job.json")) or _recorded(settings)
+    job.update(jsonl_types=settings["jsonl_types"], json_encoded_columns=settings["json_encoded_columns"])
+    store.write_json(store.path("_job.json"), job)
+
+
+def _note_json_text(settings: dict, jsonl_types: dict) -> None:
+    settings["json_encoded_columns"] = [name for name, t in jsonl_types.items() if t is None]
+    if settings["json_encoded_columns"]:
+        log.warning("fields with more than one type, stored in Parquet as JSON text: %s", settings["json_encoded_columns"])
 
 
 def _task_args(cfg: TagConfig) -> dict:

@@ -175,8 +175,11 @@ def test_killed_run_resumes_to_the_same_output(ray_cluster, tiny_tagger, tmp_pat
     assert proc.wait(timeout=30) == -9, proc.stderr.read()[-2000:]  # killed part-way, not finished
     done_at_kill = len(list((resumed / "_done").glob("*.json")))
     assert 1 <= done_at_kill < 5 and not (resumed / "_manifest.json").exists()
+    # the scan of the fields' Parquet types ran beside the tagging, and was not recorded yet
+    assert "jsonl_types" not in json.loads((resumed / "_job.json").read_text())
 
     assert tag_job.main([*args, "--output", str(resumed)]) == 0
+    assert set(json.loads((resumed / "_job.json").read_text())["jsonl_types"]) == {"n", "text"}  # scanned again
 
     manifest = json.loads((resumed / "_manifest.json").read_text())
     assert manifest["rows_read"] == manifest["rows_written"] == 750
