@@ -24,13 +24,12 @@ class InferenceSettings:
     max_length: int = 256
     stride: int = 64
     batch_size: int = 64  # windows per forward pass, at most (see ``length_batches``)
-    # ... and positions per forward pass (windows x padded length), at most: short windows
-    # go in larger batches, long ones in smaller. None: windows only.
+    # On GPU, also positions per forward pass (windows x padded length), at most, so short
+    # windows go in larger batches and long ones in smaller; None: windows only.
     batch_tokens: int | None = 8192
-    # A batch closes early rather than pad more than this share of its positions. Sorted
-    # windows of a few thousand sentences still differ a lot in length in the long tail;
-    # with these two, the tagging actor padded 2.4% instead of 10% of CoNLL positions
-    # and spent 11% less time per call (fp32, 2 cores; docs/BENCHMARKS.md).
+    # On GPU, a batch closes early rather than pad more than this share of its positions:
+    # windows sorted within a few thousand sentences still differ a lot in the long tail
+    # (batches of 64 CoNLL windows padded 10% of their positions, with this 2.4%).
     max_padding: float | None = 0.05
     # Pad each batch to a multiple of this many positions, on GPU only (tensor-core friendly
     # shapes). On CPU every padded position is computed for nothing: with length-sorted
@@ -41,10 +40,6 @@ class InferenceSettings:
     # 901 to 1,288 MiB between a 5,000- and a 50,000-row run; padded to 16, 742 to 853 MiB,
     # at the same speed (8,096 against 8,028 words/s).
     cpu_bf16_pad_to_multiple_of: int | None = 16
-    # ... and batches of this many windows there, whatever ``batch_size``, ``batch_tokens`` and
-    # ``max_padding`` say: batches cut by positions and padding come in hundreds of shapes, and
-    # grew the bf16 actor by 500 MiB over 20,000 rows (910 -> 1,413 MiB peak RSS), no faster.
-    cpu_bf16_batch_size: int = 64
     context_length: int = 0  # document-context subwords per side (see ner_core.alignment); the training run's
 
 
@@ -102,15 +97,18 @@ class WordTagger:
         self.model.to(self.device)
         self.autocast_dtype = autocast_dtype
         self.labels = LabelMap.from_id2label(model.config.id2label)
-        # (max windows, max positions, max padding share) of a forward pass: ``length_batches``
+        # (max windows, max positions, max padding share) of a forward pass: ``length_batches``.
+        # On CPU, batches of a fixed number of windows: kernels there are made and kept per
+        # input shape, and batches cut by positions and padding come in hundreds of shapes.
+        # They grew the fp32 actor from 1,009 to 1,558 MiB RSS between 5,000 and 30,000 rows
+        # (fixed batches: 848 to 1,002), and bf16 from a 910 to a 1,413 MiB peak at 20,000.
         self.batching = (settings.batch_size, settings.batch_tokens, settings.max_padding)
         if self.device.type == "cuda":
             self.pad_to_multiple_of = settings.pad_to_multiple_of
-        elif _weights_dtype(self.model) == torch.bfloat16:
-            self.pad_to_multiple_of = settings.cpu_bf16_pad_to_multiple_of
-            self.batching = (settings.cpu_bf16_batch_size, None, None)
         else:
-            self.pad_to_multiple_of = None
+            self.batching = (settings.batch_size, None, None)
+            bf16 = _weights_dtype(self.model) == torch.bfloat16
+            self.pad_to_multiple_of = settings.cpu_bf16_pad_to_multiple_of if bf16 else None
 
     def _autocast(self):
         if self.autocast_dtype is None:

@@ -55,11 +55,11 @@ class TagConfig:
     # more rows sorted together, the less padding per forward pass (512 -> 2048 rows was
     # 1.5x faster on CPU for CoNLL-length sentences; the rows cost a few MB).
     batch_size: int = field(default=2048, metadata=_help("rows per actor call (windows are length-sorted within it)"))
-    # A forward pass takes up to this many windows and --batch-tokens positions, so short
-    # sentences go in large batches and long ones in small (ner_core.inference.length_batches;
-    # bf16 on CPU keeps fixed batches, see InferenceSettings.cpu_bf16_batch_size).
-    window_batch_size: int = field(default=256, metadata=_help("windows per forward pass, at most"))
-    batch_tokens: int = field(default=8192, metadata=_help("positions per forward pass (windows x padded length), at most"))
+    # On GPU a forward pass takes up to this many windows and --batch-tokens positions, so
+    # short sentences go in large batches and long ones in small (ner_core.inference.length_batches);
+    # on CPU, this many windows (a few input shapes keep oneDNN's per-shape memory bounded).
+    window_batch_size: int = field(default=64, metadata=_help("windows per forward pass, at most"))
+    batch_tokens: int = field(default=8192, metadata=_help("GPU: positions per forward pass (windows x padded length), at most"))
     actors: str = field(default="1", metadata=_help("actor pool size: N, or MIN-MAX to autoscale"))
     cpus_per_actor: float = field(default=1.0, metadata=_help("CPUs reserved per actor (fractional allowed; keep some free for reading)"))
     gpus_per_actor: float = field(default=0.0, metadata=_help("GPUs per actor; fractional to share a GPU between actors"))

@@ -60,5 +60,5 @@ def test_predictions_do_not_depend_on_how_windows_are_batched(tiny_dirs, tokeniz
     model = build_tagger("encoder", tiny_dirs["distilbert"], labels=LabelMap(tuple(CONLL_LABELS)))
     docs = [[f"w{j}" for j in range(n)] for n in (1, 40, 3, 17, 2, 90, 5)]
     one_by_one = WordTagger(model, tokenizer, InferenceSettings(max_length=32, stride=8, batch_size=1)).predict_ids(docs)
-    packed = WordTagger(model, tokenizer, InferenceSettings(max_length=32, stride=8, batch_size=64, batch_tokens=96, max_padding=0.2)).predict_ids(docs)
+    packed = WordTagger(model, tokenizer, InferenceSettings(max_length=32, stride=8, batch_size=64)).predict_ids(docs)
     assert packed == one_by_one

@@ -68,13 +68,13 @@ def test_bf16_weights_on_cpu_pad_batches_to_a_few_shapes_with_the_same_labels(ti
     load = lambda: AutoModelForTokenClassification.from_pretrained(tiny_dirs["bert_tagger"])  # noqa: E731
     cast, _ = for_inference(load(), "bf16", "cpu")
     docs = [["word"] * n for n in (3, 7, 11, 19, 23)]
-    padded = WordTagger(cast, tokenizer, InferenceSettings(cpu_bf16_batch_size=1))
-    exact = WordTagger(cast, tokenizer, InferenceSettings(cpu_bf16_batch_size=1, cpu_bf16_pad_to_multiple_of=None))
+    padded = WordTagger(cast, tokenizer, InferenceSettings(batch_size=1))
+    exact = WordTagger(cast, tokenizer, InferenceSettings(batch_size=1, cpu_bf16_pad_to_multiple_of=None))
     assert padded.pad_to_multiple_of == 16 and exact.pad_to_multiple_of is None
     fp32 = WordTagger(load(), tokenizer, InferenceSettings(batch_size=256))
     assert fp32.pad_to_multiple_of is None  # fp32 on CPU: exact
-    # the same goes for the batches: a fixed number of windows in bf16, cut by positions and
-    # padding share in fp32 (ner_core.inference.length_batches)
-    assert WordTagger(cast, tokenizer, InferenceSettings(batch_size=256)).batching == (64, None, None)
-    assert fp32.batching == (256, 8192, 0.05)
+    # the same goes for the batches: on CPU a fixed number of windows, whatever the precision
+    # (cut by positions and padding share on GPU only: ner_core.inference.length_batches)
+    assert WordTagger(cast, tokenizer, InferenceSettings(batch_size=256)).batching == (256, None, None)
+    assert fp32.batching == (256, None, None)
     assert padded.predict_ids(docs) == exact.predict_ids(docs)
