@@ -20,6 +20,7 @@ after the model (``tag_model``) and the input have been checked.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import asdict
@@ -186,7 +187,7 @@ def _run_pipeline(cfg: TagConfig, plan: TagPlan, store: OutputStore, pending: li
         # Ray actor, torch's set_num_threads(2) on top of that ran TagActor 4x slower
         # (45.8 s against 10.9 s for 4,000 CoNLL sentences, 2 cores). The actor starts
         # with OpenMP sized to its threads instead.
-        runtime_env={"env_vars": {**worker_env_vars(), "OMP_NUM_THREADS": str(plan.torch_threads)}},
+        runtime_env={"env_vars": {**worker_env_vars(), "OMP_NUM_THREADS": str(plan.torch_threads), **_onednn_env(cfg)}},
         **({"resources": actor_resources} if actor_resources else {}),
     )
     stop = threading.Event()
@@ -200,6 +201,20 @@ def _run_pipeline(cfg: TagConfig, plan: TagPlan, store: OutputStore, pending: li
         committer.join()
     store.commit_ready()
     return monitor.first_rows_at
+
+
+def _onednn_env(cfg: TagConfig) -> dict[str, str]:
+    """The actors' oneDNN kernel cache: 16 kernels in fp32 on CPU, oneDNN's default otherwise.
+
+    oneDNN (torch's CPU kernels) keeps up to 1,024 kernels with their memory, one per input
+    shape, and fp32 batches are padded exactly, so nearly every batch brings a new shape: at
+    16, the fp32 memory benchmark's peak at 10x went from 1.17x to 1.05x the 1x peak. bf16
+    batches are padded to 16 positions (a few shapes), and a 16-kernel cache made them 5 to 10%
+    slower (docs/BENCHMARKS.md). A value set in the environment wins.
+    """
+    if "ONEDNN_PRIMITIVE_CACHE_CAPACITY" in os.environ:
+        return {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"]}
+    return {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16"} if precision(cfg) == "fp32" and not cfg.gpus_per_actor else {}
 
 
 def _commit_loop(store: OutputStore, stop: threading.Event, every_s: float) -> None:
