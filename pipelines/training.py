@@ -325,6 +325,10 @@ def train_loop_per_worker(config: dict) -> None:
         else:
             ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=f"epoch_{epoch:03d}")
         if cfg.fail_after_epoch is not None and epoch == cfg.fail_after_epoch and not resumed:
+            # every rank waits for rank 0's upload to end: a rank raising at once would have
+            # the controller stop the group while rank 0 still writes the checkpoint to S3
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.barrier()
             raise RuntimeError(f"injected failure after epoch {epoch} (fail_after_epoch)")
 
 
