@@ -17,9 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.errors import explain
     from pipelines.job_console import tensorboard_dir, training_plan, training_summary
     from pipelines.ray_env import init_ray
-    from pipelines.training import run_training
+    from pipelines.training import run_training, resolve_models
 
     with explain():
+        cfg = resolve_models(cfg)
         init_ray()
         training_plan(cfg)
         summary = run_training(cfg)

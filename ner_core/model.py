@@ -39,9 +39,10 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import TokenClassifierOutput
 
 from ner_core.labels import LabelMismatchError, resolve_head_labels
+from ner_core.model_files import ENCODER_DECODER_TYPE
 
 IGNORE_INDEX = -100
-MODEL_TYPE = "encoder-decoder-tagger"
+MODEL_TYPE = ENCODER_DECODER_TYPE  # one place, readable without torch (ner_core.model_files)
 DECODER_ATTENTION = ("bidirectional", "causal")
 # What a saved config without ``decoder_attention`` was trained with: HF's BERT
 # decoder is causal, and models saved before the setting existed must keep

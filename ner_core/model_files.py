@@ -16,6 +16,8 @@ import json
 import os
 from dataclasses import dataclass
 
+from ner_core.casing import MARKERS
+
 # Models that ship inside an installed package, usable with no hub. The name is
 # resolved where the model is loaded (driver, training worker or tagging actor),
 # so a cluster whose nodes install the package at different paths still works.
@@ -33,11 +35,21 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     return name
 
 
+ENCODER_DECODER_TYPE = "encoder-decoder-tagger"  # the model_type of ner_core.model.EncoderDecoderTagger
+
+
 @dataclass(frozen=True)
 class SavedModel:
     model_type: str
     labels: list[str]  # by label id
     max_positions: int | None  # the smallest position limit of the model and its encoder/decoder
+    decoder_attention: str | None = None  # the encoder-decoder's, as saved (None: encoder-only, or saved before the setting)
+    case_markers: bool = False  # its tokenizer carries the word-case marker tokens
+
+    @property
+    def arch(self) -> str:
+        """``"encoder-decoder"`` for this project's composite tagger, else ``"encoder"`` (any HF token classifier)."""
+        return "encoder-decoder" if self.model_type == ENCODER_DECODER_TYPE else "encoder"
 
 
 def read_saved_model(path: str) -> SavedModel:
@@ -63,7 +75,17 @@ def read_saved_model(path: str) -> SavedModel:
             Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
         except Exception as exc:  # noqa: BLE001 - the Rust library raises its own exception type
             raise ValueError(f"{os.path.join(path, 'tokenizer.json')} does not load: {exc}") from None
-    return SavedModel(config["model_type"], _labels(config), _max_positions(config))
+    return SavedModel(config["model_type"], _labels(config), _max_positions(config), config.get("decoder_attention"), _has_case_markers(path))
+
+
+def _has_case_markers(path: str) -> bool:
+    """Whether the saved tokenizer carries both case markers (``added_tokens`` of ``tokenizer.json``)."""
+    file = os.path.join(path, "tokenizer.json")
+    if not os.path.isfile(file):
+        return False
+    with open(file, encoding="utf-8") as fh:
+        added = {t.get("content") for t in json.load(fh).get("added_tokens", [])}
+    return all(m in added for m in MARKERS)
 
 
 def _weight_files(path: str) -> list[str]:

@@ -105,6 +105,34 @@ def load_tokenizer(path: str | os.PathLike, case_markers: bool = False, **hf_kwa
     return tokenizer
 
 
+def replace_head(model: PreTrainedModel, labels: LabelMap) -> None:
+    """Give a trained tagger a new, untrained classifier for ``labels`` (transfer to another label set).
+
+    Why: a tagger fine-tuned on one corpus (CoNLL-2003's PER/LOC/ORG/MISC) is a better
+    start for another (WNUT-2017's six types) than the bare encoder, but its head
+    predicts the old labels; only the head is new, the rest keeps what it learnt.
+    Initialised as HF initialises a fresh ``*ForTokenClassification`` head (normal,
+    ``initializer_range``; zero bias), the config's label map replaced to match.
+    """
+    import torch
+    from torch import nn
+
+    old = getattr(model, "classifier", None)
+    if not isinstance(old, nn.Linear):
+        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier to replace")
+    config = model.config.decoder if isinstance(model, EncoderDecoderTagger) else model.config
+    head = nn.Linear(old.in_features, labels.num_labels, device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        head.weight.normal_(mean=0.0, std=getattr(config, "initializer_range", 0.02))
+        head.bias.zero_()
+    model.classifier = head
+    if hasattr(model, "num_labels"):  # HF's *ForTokenClassification reads its own copy in the loss
+        model.num_labels = labels.num_labels
+    model.config.num_labels = labels.num_labels
+    model.config.id2label = dict(labels.id2label)
+    model.config.label2id = dict(labels.label2id)
+
+
 def tagger_labels(model: PreTrainedModel) -> LabelMap:
     """The label map a tagger predicts, from its config."""
     return LabelMap.from_id2label(model.config.id2label)

@@ -41,7 +41,10 @@ def ray_logs_hint() -> str:
 
 
 def training_plan(cfg) -> None:
-    model = f"{cfg.arch} tagger, encoder {cfg.encoder}" + (f", decoder {cfg.decoder or cfg.encoder}" if cfg.arch == "encoder-decoder" else "")
+    if cfg.init_from:
+        model = f"{cfg.arch} tagger from {cfg.init_from}" + (", new classifier for the data's labels" if cfg.new_head else "")
+    else:
+        model = f"{cfg.arch} tagger, encoder {cfg.encoder}" + (f", decoder {cfg.decoder or cfg.encoder}" if cfg.arch == "encoder-decoder" else "")
     device = f"{cfg.num_workers} worker(s) x {cfg.cpus_per_worker:g} CPU" + (" + 1 GPU" if cfg.use_gpu else "")
     print_plan(
         f"ray-ner train: {model}",

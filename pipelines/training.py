@@ -37,10 +37,11 @@ from ner_core.alignment import pad_windows, Window
 from ner_core.inference import InferenceSettings, WordTagger
 from ner_core.labels import SCHEMES, LabelMap
 from ner_core.metrics import evaluate_tags
-from ner_core.labels import resolve_head_labels
-from ner_core.model import DECODER_ATTENTION, is_token_classification_config
+from ner_core.labels import LabelMismatchError, resolve_head_labels
+from ner_core.model import DECODER_ATTENTION, LEGACY_DECODER_ATTENTION, is_token_classification_config
+from ner_core.model_files import read_saved_model
 from ner_core.precision import autocast_dtype, check_mixed_precision
-from ner_core.tagger import ARCHS, build_tagger, load_tokenizer, resolve_model_path, save_tagger
+from ner_core.tagger import ARCHS, build_tagger, load_tagger, load_tokenizer, replace_head, resolve_model_path, save_tagger, tagger_labels
 from pipelines.cluster import parse_resources, require_reachable
 from ner_core.report import training_report, write_report
 from pipelines.console import Stage
@@ -69,6 +70,8 @@ class TrainConfig:
     arch: str = field(default="encoder-decoder", metadata=_help("encoder-decoder | encoder"))
     encoder: str = field(default="minilm", metadata=_help("encoder name or directory ('minilm' = the packaged all-MiniLM-L6-v2)"))
     decoder: str | None = field(default=None, metadata=_help("decoder name or directory for encoder-decoder (default: the encoder)"))
+    init_from: str | None = field(default=None, metadata=_help("a tagger saved by jobs.train (local folder) to fine-tune further instead of building one: its architecture, decoder attention, tokenizer and case markers are used, and --arch/--encoder/--decoder/--decoder-attention/--case-markers are not"))
+    new_head: bool = field(default=False, metadata=_help("with --init-from: a new, untrained classifier for the training data's labels (transfer to another label set, e.g. CoNLL-2003 to WNUT-2017); without it the saved head is kept and its labels must be the data's"))
     decoder_attention: str = field(default="bidirectional", metadata=_help("encoder-decoder only: the decoder's self-attention, bidirectional | causal (HF's decoder as is)"))
     scheme: str = field(default="IOB2", metadata=_help("tag scheme of the input data: IOB1 | IOB2 | IOBES (converted to IOB2)"))
     repair_invalid: bool = field(default=False, metadata=_help("repair invalid tag sequences (e.g. O I-PER) instead of failing"))
@@ -106,6 +109,10 @@ class TrainConfig:
             raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
         if self.arch == "encoder" and self.decoder:
             raise ValueError("arch 'encoder' takes no decoder")
+        if self.new_head and not self.init_from:
+            raise ValueError("--new-head replaces the head of the --init-from tagger: pass --init-from")
+        if self.init_from and self.decoder:
+            raise ValueError("--init-from fine-tunes a whole saved tagger: it takes no --decoder")
         if self.decoder_attention not in DECODER_ATTENTION:
             raise ValueError(f"decoder_attention must be one of {DECODER_ATTENTION}, got {self.decoder_attention!r}")
         check_mixed_precision(self.mixed_precision)
@@ -207,15 +214,22 @@ def train_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(cfg.torch_threads)
     _seed_everything(cfg.seed)
 
-    tokenizer = load_tokenizer(cfg.encoder, case_markers=cfg.case_markers)
-    model = build_tagger(
-        cfg.arch,
-        cfg.encoder,
-        cfg.decoder if cfg.arch == "encoder-decoder" else None,
-        labels=labels,
-        vocab_size=len(tokenizer),
-        decoder_attention=cfg.decoder_attention,
-    )
+    if cfg.init_from:
+        tokenizer, model = load_tokenizer(cfg.init_from), load_tagger(cfg.init_from)
+        if cfg.new_head:
+            replace_head(model, labels)
+        elif tagger_labels(model).labels != labels.labels:
+            model.config.id2label, model.config.label2id = dict(labels.id2label), dict(labels.label2id)  # HF's LABEL_k named after the data
+    else:
+        tokenizer = load_tokenizer(cfg.encoder, case_markers=cfg.case_markers)
+        model = build_tagger(
+            cfg.arch,
+            cfg.encoder,
+            cfg.decoder if cfg.arch == "encoder-decoder" else None,
+            labels=labels,
+            vocab_size=len(tokenizer),
+            decoder_attention=cfg.decoder_attention,
+        )
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     groups = [
         {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)], "weight_decay": cfg.weight_decay},
@@ -346,11 +360,44 @@ def _labels_for(cfg: TrainConfig, train_ds) -> LabelMap:
     from transformers import AutoConfig
 
     found = LabelMap(tuple(collect_labels(train_ds)))
+    if cfg.init_from:
+        if cfg.new_head:
+            return found
+        saved = read_saved_model(resolve_model_path(cfg.init_from))
+        try:
+            return resolve_head_labels(dict(enumerate(saved.labels)), found.labels, f"the tagger {cfg.init_from}")
+        except LabelMismatchError as exc:
+            raise LabelMismatchError(f"{exc}; pass --new-head true to train a new classifier for the data's labels") from None
     head_path = (cfg.decoder or cfg.encoder) if cfg.arch == "encoder-decoder" else cfg.encoder
     head_cfg = AutoConfig.from_pretrained(resolve_model_path(head_path), trust_remote_code=False)
     if is_token_classification_config(head_cfg):
         return resolve_head_labels(head_cfg.id2label, found.labels, f"the saved head of {head_path}")
     return found
+
+
+def resolve_models(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` as the workers need it: local model folders as absolute paths, and an
+    ``--init-from`` tagger's architecture, decoder attention and case markers.
+
+    Ray Train workers and Ray Data tasks run in directories of Ray's own, so
+    ``--decoder ./my_decoder`` would be looked up there (then on the hub); a name
+    that is no local path (``distilbert-base-uncased``, ``minilm``) is left as is.
+    The saved tagger is read from its files (no model load), so the plan, the workers
+    and the run's ``metrics.json`` all say what is actually trained, and a folder that
+    is not a whole saved tagger is a one-line error before any Ray work.
+    """
+    local = {k: os.path.abspath(v) for k in ("encoder", "decoder", "init_from") if (v := getattr(cfg, k)) and os.path.exists(v)}
+    cfg = dataclasses.replace(cfg, **local)
+    if not cfg.init_from:
+        return cfg
+    path = resolve_model_path(cfg.init_from)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"--init-from {cfg.init_from}: no such folder (a tagger saved by jobs.train)")
+    try:
+        saved = read_saved_model(path)
+    except ValueError as exc:
+        raise ValueError(f"--init-from {cfg.init_from}: {exc}") from None
+    return dataclasses.replace(cfg, arch=saved.arch, decoder_attention=saved.decoder_attention or LEGACY_DECODER_ATTENTION, case_markers=saved.case_markers)
 
 
 def _storage_args(run_dir: str) -> dict:
@@ -384,6 +431,7 @@ def run_training(cfg: TrainConfig) -> dict:
     started = time.perf_counter()
     if not cfg.train:
         raise ValueError("no training data: set --train")
+    cfg = resolve_models(cfg)
     require_reachable(
         cfg.run_dir,
         shared=cfg.storage_shared,
@@ -411,7 +459,7 @@ def run_training(cfg: TrainConfig) -> dict:
     if cfg.context_length:
         _require_context({"--train": (cfg.train, train_ds), **({"--dev": (cfg.dev, datasets["dev"])} if cfg.dev else {})}, cfg.context_length)
     datasets["train"] = encode_for_training(
-        train_ds, resolve_model_path(cfg.encoder), labels, cfg.max_length, cfg.stride, cfg.case_markers, cfg.context_length
+        train_ds, resolve_model_path(cfg.init_from or cfg.encoder), labels, cfg.max_length, cfg.stride, cfg.case_markers, cfg.context_length
     ).materialize()
     dev_note = f", {datasets['dev'].count():,} dev sentences" if cfg.dev else ""
     reading.finish(f"{train_ds.count():,} training sentences -> {datasets['train'].count():,} windows{dev_note}; {len(labels.labels)} labels")

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForTokenClassification, BertConfig, EncoderDecoderModel
 
 from ner_core import EncoderDecoderTagger, TaggerConfigError
-from ner_core.tagger import build_tagger, load_tagger, max_positions, tagger_arch, tagger_labels
+from ner_core.tagger import build_tagger, load_tagger, max_positions, replace_head, save_tagger, tagger_arch, tagger_labels
 from ner_core.labels import LabelMap
 from tests.conftest import CONLL_LABELS, ENTITY_LABELS
 
@@ -185,3 +185,22 @@ def test_packaged_minilm_as_encoder_and_decoder(minilm_path, tokenizer, tmp_path
     reloaded = load_tagger(tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(reloaded(**batch).logits, logits)
+
+
+@pytest.mark.parametrize("arch", ["encoder", "encoder-decoder"])
+def test_a_new_head_for_another_label_set_keeps_everything_else(tiny_dirs, tokenizer, tmp_path, arch):
+    """Transfer to another label set: only the classifier is new, and the label map goes with it."""
+    if arch == "encoder":
+        model = build_tagger(arch, tiny_dirs["bert_tagger"])  # its saved 3-label head
+    else:
+        model = build_tagger(arch, tiny_dirs["distilbert"], tiny_dirs["bert"], labels=LabelMap(tuple(CONLL_LABELS)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    wnut = LabelMap(("O", "B-person", "I-person", "B-product", "I-product"))
+    replace_head(model, wnut)
+    changed = sorted(k for k, v in model.state_dict().items() if before[k].shape != v.shape or not before[k].equal(v))
+    assert changed == ["classifier.bias", "classifier.weight"]
+    ids = tokenizer(["Ada Lovelace visited Paris"], return_tensors="pt")
+    out = model(**ids, labels=torch.full_like(ids["input_ids"], 4))  # the loss sees 5 outputs too
+    assert out.logits.shape[-1] == 5 and out.loss.isfinite()
+    save_tagger(model, tokenizer, tmp_path)
+    assert tagger_labels(load_tagger(tmp_path)) == wnut

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -201,3 +202,34 @@ def test_training_writes_a_report_and_tensorboard_curves_of_its_own_numbers(trai
     assert scalars["dev/f1"] == [(e["epoch"] + 1, pytest.approx(e["dev_f1"], rel=1e-5)) for e in epochs]
     assert scalars["epoch/train_loss"] == [(e["epoch"] + 1, pytest.approx(e["train_loss"], rel=1e-5)) for e in epochs]
     assert len(scalars["train/loss"]) >= len(epochs)
+
+
+def test_a_trained_tagger_starts_a_run_on_another_label_set(ray_cluster, trained, tmp_path):
+    """Transfer: the 9-label CoNLL-typed tagger fine-tuned on plain IOB data with a new head.
+
+    At lr 0 nothing moves, so the saved model must be the starting tagger with only its
+    classifier new: every other tensor equal, 3 outputs named after the data, and the
+    starting tagger's architecture, decoder attention and case-marker tokenizer. The path
+    is relative, as typed: the workers, which run elsewhere, still find it."""
+    from safetensors.torch import load_file
+
+    data = tmp_path / "iob"
+    write_conll(data / "train.txt", [(t, [g.split("-")[0] for g in tags]) for t, tags in make_sentences(60, seed=3)])
+    argv = [
+        "--train", str(data / "train.txt"), "--output", str(tmp_path / "out"), "--init-from", os.path.relpath(trained),
+        "--epochs", "1", "--batch-size", "8", "--lr", "0", "--num-workers", "2", "--cpus-per-worker", "0.5",
+    ]  # fmt: skip
+    # without --new-head the saved head's labels must be the data's: one line, before training
+    with pytest.raises(ConfigError, match=r"predicts labels \['B-LOC', .*\] but the training data has labels \['B', 'I', 'O'\].*--new-head true"):
+        train_job.main(argv)
+    assert train_job.main([*argv, "--new-head", "true"]) == 0
+
+    before, after = load_file(trained / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    assert set(before) == set(after)
+    assert sorted(k for k in before if before[k].shape != after[k].shape or not before[k].equal(after[k])) == ["classifier.bias", "classifier.weight"]
+    assert after["classifier.weight"].shape[0] == 3 and before["classifier.weight"].shape[0] == 9
+    model = EncoderDecoderTagger.from_pretrained(tmp_path / "out")
+    assert model.config.id2label == {0: "O", 1: "B", 2: "I"}
+    assert model.config.decoder_attention == EncoderDecoderTagger.from_pretrained(trained).config.decoder_attention
+    config = json.loads((tmp_path / "out" / "metrics.json").read_text())["config"]
+    assert (config["arch"], config["case_markers"], config["init_from"]) == ("encoder-decoder", True, str(trained))
