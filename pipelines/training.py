@@ -397,7 +397,8 @@ def resolve_models(cfg: TrainConfig) -> TrainConfig:
         saved = read_saved_model(path)
     except ValueError as exc:
         raise ValueError(f"--init-from {cfg.init_from}: {exc}") from None
-    return dataclasses.replace(cfg, arch=saved.arch, decoder_attention=saved.decoder_attention or LEGACY_DECODER_ATTENTION, case_markers=saved.case_markers)
+    attention = saved.decoder_attention or (LEGACY_DECODER_ATTENTION if saved.arch == "encoder-decoder" else cfg.decoder_attention)
+    return dataclasses.replace(cfg, arch=saved.arch, decoder_attention=attention, case_markers=saved.case_markers)
 
 
 def _storage_args(run_dir: str) -> dict:
