@@ -68,24 +68,16 @@ def read_saved_model(path: str) -> SavedModel:
         check_safetensors(weights)
     if not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER):
         raise ValueError(f"no tokenizer ({', '.join(TOKENIZER)}) in {path}")
+    case_markers = False
     if os.path.isfile(os.path.join(path, "tokenizer.json")):
         from tokenizers import Tokenizer
 
         try:
-            Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
+            tokenizer = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
         except Exception as exc:  # noqa: BLE001 - the Rust library raises its own exception type
             raise ValueError(f"{os.path.join(path, 'tokenizer.json')} does not load: {exc}") from None
-    return SavedModel(config["model_type"], _labels(config), _max_positions(config), config.get("decoder_attention"), _has_case_markers(path))
-
-
-def _has_case_markers(path: str) -> bool:
-    """Whether the saved tokenizer carries both case markers (``added_tokens`` of ``tokenizer.json``)."""
-    file = os.path.join(path, "tokenizer.json")
-    if not os.path.isfile(file):
-        return False
-    with open(file, encoding="utf-8") as fh:
-        added = {t.get("content") for t in json.load(fh).get("added_tokens", [])}
-    return all(m in added for m in MARKERS)
+        case_markers = all(tokenizer.token_to_id(m) is not None for m in MARKERS)  # the tokenizer just parsed, not a second read
+    return SavedModel(config["model_type"], _labels(config), _max_positions(config), config.get("decoder_attention"), case_markers)
 
 
 def _weight_files(path: str) -> list[str]:
