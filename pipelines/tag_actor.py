@@ -16,14 +16,11 @@ import time
 
 import pyarrow as pa
 
-from ner_core.alignment import Window
-from ner_core.documents import Document
 from ner_core.spans import extract_spans
-from ner_core.text import Word
 from pipelines.tag_config import TagPlan
 from pipelines.tag_input import ERROR, RAW, raw_row
 from pipelines.tag_model import cached_tokenizer, load_failure, local_model_dir
-from pipelines.tag_preprocess import WINDOW_COLUMNS, WORD_COLUMNS, preprocess
+from pipelines.tag_preprocess import from_columns, input_columns, prepare
 
 ENTITY_TYPE = pa.struct([("type", pa.string()), ("start", pa.int64()), ("end", pa.int64()), ("text", pa.string())])
 
@@ -72,26 +69,19 @@ class TagActor:
         # Ray Data calls this from its own worker thread, not the one that ran __init__, and
         # torch's thread count is per calling thread: set it where the model runs.
         torch.set_num_threads(self.plan.torch_threads)
-        if self.plan.preprocess_in_actor:
-            batch = preprocess(batch, self.plan)
-        errors = batch.column(ERROR).to_pylist()
-        raws = batch.column(RAW).to_pylist()
-        tokens = batch.column("tokens").to_pylist()
-        good = [i for i, e in enumerate(errors) if e is None]
-        cols = {c: batch.column(c).to_pylist() for c in WINDOW_COLUMNS}
-        per_doc = {i: _windows(*(cols[c][i] for c in WINDOW_COLUMNS)) for i in good}
+        rows = prepare(batch, self.plan) if self.plan.preprocess_in_actor else from_columns(batch)
+        errors, raws, docs = rows.errors, rows.raws, rows.docs
+        good = rows.good()
         ids: dict[int, list[int]] = {}
         try:
-            ids.update(zip(good, self.tagger.predict_windows([per_doc[i] for i in good], [len(tokens[i]) for i in good], on_batch=self._count(len(good)))))
+            ids.update(zip(good, self.tagger.predict_windows([rows.windows[i] for i in good], [len(docs[i].words) for i in good], on_batch=self._count(len(good)))))
         except Exception:  # noqa: BLE001 - find the row that breaks the batch; the others still get tagged
             for i in good:
                 try:
-                    ids[i] = self.tagger.predict_windows([per_doc[i]], [len(tokens[i])])[0]
+                    ids[i] = self.tagger.predict_windows([rows.windows[i]], [len(docs[i].words)])[0]
                 except Exception as exc:  # noqa: BLE001
                     errors[i], raws[i] = f"tagging failed: {type(exc).__name__}: {exc}", raws[i] or raw_row(batch, i)
         self.progress.add("rows", batch.num_rows - len(good))  # rows that failed before the model
-        texts = batch.column("__text").to_pylist()
-        starts, ends = batch.column("__starts").to_pylist(), batch.column("__ends").to_pylist()
         labels: list[list[str] | None] = [None] * batch.num_rows
         entities: list[list[dict] | None] = [None] * batch.num_rows
         subwords = [0] * batch.num_rows
@@ -99,19 +89,14 @@ class TagActor:
             if errors[i] is not None:
                 continue
             labels[i] = self.tagger.decode(label_ids)
-            offsets = None if texts[i] is None else [Word(t, s, e) for t, s, e in zip(tokens[i], starts[i], ends[i])]
-            entities[i] = Document(tokens[i], texts[i], offsets).entities(extract_spans(labels[i]))
-            subwords[i] = sum(len(w) for w in cols["__win_ids"][i])
-        out = batch.drop_columns([c for c in (*WINDOW_COLUMNS, *WORD_COLUMNS, ERROR, RAW) if c in batch.column_names])
+            entities[i] = docs[i].entities(extract_spans(labels[i]))
+            subwords[i] = sum(len(w.input_ids) for w in rows.windows[i])
         return (
-            out.append_column("labels", pa.array(labels, pa.list_(pa.string())))
+            input_columns(batch)
+            .append_column("tokens", pa.array([d.words if d is not None else None for d in docs], pa.list_(pa.string())))
+            .append_column("labels", pa.array(labels, pa.list_(pa.string())))
             .append_column("entities", pa.array(entities, pa.list_(ENTITY_TYPE)))
             .append_column(ERROR, pa.array(errors, pa.string()))
             .append_column(RAW, pa.array(raws, pa.string()))
             .append_column("__subwords", pa.array(subwords, pa.int64()))
         )
-
-
-def _windows(ids, words, spans) -> list[Window]:
-    """A row's windows back from their list columns (word id -1: no word)."""
-    return [Window(list(i), [1] * len(i), [None if x < 0 else x for x in w], None, s[0], s[1]) for i, w, s in zip(ids, words, spans)]

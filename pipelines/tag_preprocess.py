@@ -1,4 +1,4 @@
-"""Stage 2 of tagging (Ray Data tasks): rows -> words (+ character offsets) -> subword windows.
+"""Stage 2 of tagging: rows -> words (+ character offsets) -> subword windows.
 
 Where it runs is ``--preprocess``: in CPU tasks beside GPU actors, so the
 tokenizer's work never stands between two forward passes on the GPU; in the
@@ -7,24 +7,61 @@ threads (torch's threads wait for the slowest, so one busy core stalls them all)
 Rows that cannot be tagged (no text, a column of the wrong type, a name that
 clashes with an output column) become error rows here and skip the model.
 
-Windows travel to the actor as three list columns per row (``__win_ids``,
-``__win_words``, ``__win_span``); the actor turns them back into ``Window``
-objects (``tag_actor._windows``): that Python round trip costs about 3% of the
-actor's time next to the model (cProfile, docs/BENCHMARKS.md).
+``prepare`` gives a batch's rows as ``Prepared`` (documents and windows, Python
+objects). In the actor they go straight to the model. From a task they travel as
+Arrow columns (``to_columns``: the words, their character spans and three list
+columns of windows) and the actor reads them back (``from_columns``): a round trip
+that cost about 3% of the actor's time when the actor made it too.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pyarrow as pa
 
 from ner_core.alignment import Window, encode_batch
 from ner_core.documents import BadRow, Document, document_from_text, document_from_tokens
+from ner_core.text import Word
 from pipelines.tag_config import TagPlan
 from pipelines.tag_input import ERROR, INTERNAL_PREFIX, OUTPUT_COLUMNS, RAW, raw_row
 from pipelines.tag_model import cached_tokenizer
 
 WINDOW_COLUMNS = ("__win_ids", "__win_words", "__win_span")
 WORD_COLUMNS = ("__text", "__starts", "__ends")  # raw text rows: the text and each word's character span
+
+
+@dataclass
+class Prepared:
+    """One batch's rows ready for the model, row for row.
+
+    ``docs[i]`` is None for an error row, whose reason is ``errors[i]`` and whose
+    input is kept as JSON in ``raws[i]``; ``windows[i]`` is then empty.
+    """
+
+    docs: list[Document | None]
+    windows: list[list[Window]]
+    errors: list[str | None]
+    raws: list[str | None]
+
+    def good(self) -> list[int]:
+        """The rows that go to the model."""
+        return [i for i, d in enumerate(self.docs) if d is not None and self.errors[i] is None]
+
+
+def prepare(batch: pa.Table, plan: TagPlan) -> Prepared:
+    """Each row's words (and character offsets for raw text) and subword windows."""
+    errors = batch.column(ERROR).to_pylist()
+    raws = batch.column(RAW).to_pylist()
+    docs = _documents(batch, plan, errors, raws)
+    good = [i for i, d in enumerate(docs) if d is not None]
+    windows: list[list[Window]] = [[] for _ in docs]
+    if good:
+        tokenizer = cached_tokenizer(plan.model, plan.model_identity)
+        encoded = encode_batch(tokenizer, [docs[i].words for i in good], max_length=plan.max_length, stride=plan.stride)
+        for i, wins in zip(good, encoded):
+            windows[i] = wins
+    return Prepared(docs, windows, errors, raws)
 
 
 def _documents(batch: pa.Table, plan: TagPlan, errors: list, raws: list) -> list[Document | None]:
@@ -48,29 +85,30 @@ def _documents(batch: pa.Table, plan: TagPlan, errors: list, raws: list) -> list
     return docs
 
 
+def input_columns(batch: pa.Table) -> pa.Table:
+    """The batch without the columns preprocessing and tagging (re)write."""
+    return batch.drop_columns([c for c in ("tokens", *WINDOW_COLUMNS, *WORD_COLUMNS, ERROR, RAW) if c in batch.column_names])
+
+
 def preprocess(batch: pa.Table, plan: TagPlan) -> pa.Table:
-    """Adds ``tokens`` (the words), the words' character spans and the subword windows of each row."""
-    errors = batch.column(ERROR).to_pylist()
-    raws = batch.column(RAW).to_pylist()
-    docs = _documents(batch, plan, errors, raws)
-    good = [i for i, d in enumerate(docs) if d is not None]
-    windows: list[list[Window]] = [[] for _ in docs]
-    if good:
-        tokenizer = cached_tokenizer(plan.model, plan.model_identity)
-        encoded = encode_batch(tokenizer, [docs[i].words for i in good], max_length=plan.max_length, stride=plan.stride)
-        for i, wins in zip(good, encoded):
-            windows[i] = wins
+    """The Ray Data task: the batch with its ``Prepared`` rows added as columns."""
+    return to_columns(batch, prepare(batch, plan))
+
+
+def to_columns(batch: pa.Table, prepared: Prepared) -> pa.Table:
+    """``batch`` plus ``tokens``, the words' character spans and the windows, as Arrow columns."""
+    docs, windows = prepared.docs, prepared.windows
 
     def offsets(d: Document | None, end: bool):
         if d is None or d.offsets is None:
             return None
         return [w.end if end else w.start for w in d.offsets]
 
-    out = batch.drop_columns([c for c in ("tokens", ERROR, RAW) if c in batch.column_names])
+    out = input_columns(batch)
     columns = {
         "tokens": pa.array([d.words if d is not None else None for d in docs], pa.list_(pa.string())),
-        ERROR: pa.array(errors, pa.string()),
-        RAW: pa.array(raws, pa.string()),
+        ERROR: pa.array(prepared.errors, pa.string()),
+        RAW: pa.array(prepared.raws, pa.string()),
         "__text": pa.array([d.text if d is not None else None for d in docs], pa.string()),
         "__starts": pa.array([offsets(d, False) for d in docs], pa.list_(pa.int32())),
         "__ends": pa.array([offsets(d, True) for d in docs], pa.list_(pa.int32())),
@@ -81,3 +119,26 @@ def preprocess(batch: pa.Table, plan: TagPlan) -> pa.Table:
     for name, values in columns.items():
         out = out.append_column(name, values)
     return out
+
+
+def from_columns(batch: pa.Table) -> Prepared:
+    """The ``Prepared`` rows back from ``to_columns``'s Arrow columns (word id -1: no word)."""
+    errors = batch.column(ERROR).to_pylist()
+    tokens = batch.column("tokens").to_pylist()
+    texts = batch.column("__text").to_pylist()
+    starts, ends = batch.column("__starts").to_pylist(), batch.column("__ends").to_pylist()
+    win_ids, win_words, win_spans = (batch.column(c).to_pylist() for c in WINDOW_COLUMNS)
+    docs: list[Document | None] = []
+    windows: list[list[Window]] = []
+    for i in range(batch.num_rows):
+        if errors[i] is not None or tokens[i] is None:
+            docs.append(None)
+            windows.append([])
+            continue
+        offsets = None if texts[i] is None else [Word(t, s, e) for t, s, e in zip(tokens[i], starts[i], ends[i])]
+        docs.append(Document(tokens[i], texts[i], offsets))
+        windows.append([
+            Window(list(ids), [1] * len(ids), [None if x < 0 else x for x in words], None, span[0], span[1])
+            for ids, words, span in zip(win_ids[i], win_words[i], win_spans[i])
+        ])  # fmt: skip
+    return Prepared(docs, windows, errors, batch.column(RAW).to_pylist())
