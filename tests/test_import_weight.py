@@ -8,6 +8,7 @@ longer imported torch). A fresh interpreter shows what an import really loads.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -51,3 +52,16 @@ def test_the_tagging_driver_checks_a_model_without_loading_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "bert 512 []"
+
+
+def test_quieting_the_console_loads_no_transformers_yet_its_bars_stay_off():
+    # Every job quiets Ray's logs before ray.init; importing transformers there only to switch
+    # its progress bars off cost the tagging driver 0.7 s of CPU on 2 cores.
+    code = (
+        "import sys; from pipelines.console import quiet_ray_logs; quiet_ray_logs(); "
+        "print('transformers' in sys.modules); "
+        "from transformers.utils import logging; print(logging.is_progress_bar_enabled())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()
+    assert out == ["False", "False"]
