@@ -265,13 +265,9 @@ class EncoderDecoderTagger(PreTrainedModel):
         """
         kwargs.setdefault("trust_remote_code", False)
         hub_kwargs = {k: kwargs[k] for k in ("revision", "cache_dir", "local_files_only", "token", "trust_remote_code") if k in kwargs}
-        enc_cfg = AutoConfig.from_pretrained(encoder_path, **hub_kwargs)
-        dec_cfg = AutoConfig.from_pretrained(decoder_path, **hub_kwargs)
-
+        enc_cfg, dec_cfg = _checked_configs(encoder_path, decoder_path, hub_kwargs)
         decoder_is_tagger = is_token_classification_config(dec_cfg)
         num_labels, id2label = _resolve_labels(dec_cfg, decoder_is_tagger, num_labels, id2label, decoder_path)
-        _check_same_vocabulary(enc_cfg, dec_cfg, encoder_path, decoder_path)
-        _check_cross_attention(dec_cfg, decoder_path)
 
         config = EncoderDecoderTaggerConfig(
             encoder=enc_cfg.to_dict(),
@@ -374,6 +370,33 @@ def _vocab_of(path) -> dict[str, int] | None:
         with open(vocab_txt, encoding="utf-8") as f:
             return {line.rstrip("\n"): i for i, line in enumerate(f)}
     return None
+
+
+def check_encoder_decoder(encoder_path: str | os.PathLike, decoder_path: str | os.PathLike, **hub_kwargs: Any) -> None:
+    """Whether ``encoder_path`` and ``decoder_path`` can make one tagger: one vocabulary, and a
+    decoder that takes cross-attention. ``TaggerConfigError`` says why not.
+
+    The checks ``from_encoder_decoder_pretrained`` makes, from configs and tokenizer files
+    only: the training driver runs them so that a pair that cannot work is one line before
+    any Ray work, not a traceback from every training worker.
+    """
+    hub_kwargs.setdefault("trust_remote_code", False)
+    _checked_configs(encoder_path, decoder_path, hub_kwargs)
+
+
+def _checked_configs(encoder_path, decoder_path, hub_kwargs: dict):
+    """Both configs, after the checks that need no weights."""
+    enc_cfg = AutoConfig.from_pretrained(encoder_path, **hub_kwargs)
+    dec_cfg = AutoConfig.from_pretrained(decoder_path, **hub_kwargs)
+    for part, path, cfg in (("encoder", encoder_path, enc_cfg), ("decoder", decoder_path, dec_cfg)):
+        if getattr(cfg, "model_type", None) == MODEL_TYPE:
+            raise TaggerConfigError(
+                f"{part} {path} is a whole encoder-decoder tagger, not one half of one; "
+                "to fine-tune it, start from it with --init-from (jobs.train)"
+            )
+    _check_same_vocabulary(enc_cfg, dec_cfg, encoder_path, decoder_path)
+    _check_cross_attention(dec_cfg, decoder_path)
+    return enc_cfg, dec_cfg
 
 
 def _check_same_vocabulary(enc_cfg, dec_cfg, encoder_path, decoder_path) -> None:

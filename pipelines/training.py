@@ -433,6 +433,10 @@ def run_training(cfg: TrainConfig) -> dict:
     if not cfg.train:
         raise ValueError("no training data: set --train")
     cfg = resolve_models(cfg)
+    if cfg.arch == "encoder-decoder" and not cfg.init_from:
+        from ner_core.model import check_encoder_decoder
+
+        check_encoder_decoder(resolve_model_path(cfg.encoder), resolve_model_path(cfg.decoder or cfg.encoder))
     require_reachable(
         cfg.run_dir,
         shared=cfg.storage_shared,

@@ -233,3 +233,25 @@ def test_a_trained_tagger_starts_a_run_on_another_label_set(ray_cluster, trained
     assert model.config.decoder_attention == EncoderDecoderTagger.from_pretrained(trained).config.decoder_attention
     config = json.loads((tmp_path / "out" / "metrics.json").read_text())["config"]
     assert (config["arch"], config["case_markers"], config["init_from"]) == ("encoder-decoder", True, str(trained))
+
+
+def test_an_encoder_that_cannot_feed_the_decoder_stops_before_training(ray_cluster, trained, tiny_dirs, conll_sample, tmp_path):
+    """Two halves that cannot make one tagger: one line naming them, before any Ray work.
+
+    An encoder-only tagger trained with case markers has two tokens more than a plain
+    checkpoint, so its encoder cannot feed that checkpoint as a decoder; and a whole
+    encoder-decoder tagger is not an encoder (it is started from with --init-from)."""
+    from ner_core.labels import LabelMap
+    from ner_core.tagger import build_tagger, load_tokenizer, save_tagger
+
+    cased = load_tokenizer(tiny_dirs["bert"], case_markers=True)
+    save_tagger(build_tagger("encoder", tiny_dirs["bert"], labels=LabelMap(("O", "B-PER", "I-PER")), vocab_size=len(cased)), cased, tmp_path / "cased_tagger")
+    argv = _argv(tiny_dirs, conll_sample, tmp_path / "out")
+    encoder = argv.index("--encoder") + 1
+    argv[encoder] = str(tmp_path / "cased_tagger")
+    with pytest.raises(ConfigError, match=rf"encoder .*cased_tagger has vocab_size={len(cased)} but decoder .*bert has vocab_size={len(cased) - 2}: the decoder reads the encoder's token ids"):
+        train_job.main(argv)
+    argv[encoder] = str(trained)
+    with pytest.raises(ConfigError, match=r"encoder .*model is a whole encoder-decoder tagger, not one half of one; .*--init-from"):
+        train_job.main(argv)
+    assert not (tmp_path / "out").exists()
