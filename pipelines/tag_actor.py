@@ -93,7 +93,7 @@ class TagActor:
             subwords[i] = sum(len(w.input_ids) for w in rows.windows[i])
         return (
             input_columns(batch)
-            .append_column("tokens", pa.array([d.words if d is not None else None for d in docs], pa.list_(pa.string())))
+            .append_column("tokens", rows.tokens())
             .append_column("labels", pa.array(labels, pa.list_(pa.string())))
             .append_column("entities", pa.array(entities, pa.list_(ENTITY_TYPE)))
             .append_column(ERROR, pa.array(errors, pa.string()))

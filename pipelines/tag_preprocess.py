@@ -46,7 +46,11 @@ class Prepared:
 
     def good(self) -> list[int]:
         """The rows that go to the model."""
-        return [i for i, d in enumerate(self.docs) if d is not None and self.errors[i] is None]
+        return [i for i, d in enumerate(self.docs) if d is not None]
+
+    def tokens(self) -> pa.Array:
+        """The ``tokens`` output column: each row's words (null for an error row)."""
+        return pa.array([d.words if d is not None else None for d in self.docs], pa.list_(pa.string()))
 
 
 def prepare(batch: pa.Table, plan: TagPlan) -> Prepared:
@@ -106,7 +110,7 @@ def to_columns(batch: pa.Table, prepared: Prepared) -> pa.Table:
 
     out = input_columns(batch)
     columns = {
-        "tokens": pa.array([d.words if d is not None else None for d in docs], pa.list_(pa.string())),
+        "tokens": prepared.tokens(),
         ERROR: pa.array(prepared.errors, pa.string()),
         RAW: pa.array(prepared.raws, pa.string()),
         "__text": pa.array([d.text if d is not None else None for d in docs], pa.string()),
