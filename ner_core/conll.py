@@ -126,6 +126,81 @@ def document_contexts(sentences: Sequence[Sentence], words: int) -> list[tuple[l
     return out
 
 
+DOCUMENT_SOURCES = ("markers", "datelines")
+
+
+def check_documents(documents: str) -> str:
+    """``documents`` if it names a way to find documents (see ``infer_documents``)."""
+    if documents not in DOCUMENT_SOURCES:
+        raise ValueError(f"documents must be one of {', '.join(DOCUMENT_SOURCES)}, got {documents!r}")
+    return documents
+
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_NAME = re.compile(r"^[A-Z][a-z]+(?:[-'.][A-Za-z]+)*\.?$")
+
+
+def _is_dateline(tokens: Sequence[str]) -> bool:
+    """``BRUSSELS 1996-08-22``, ``COMMACK , New York 1996-08-21``: where a Reuters story's body starts."""
+    return 1 <= len(tokens) <= 8 and bool(_DATE.match(tokens[-1]))
+
+
+def _is_byline(tokens: Sequence[str]) -> bool:
+    """``Peter Blackburn``: a reporter's name between a headline and its dateline.
+
+    Headlines end in a full stop and body sentences are longer; a byline is two
+    to four capitalised names with nothing else.
+    """
+    return 2 <= len(tokens) <= 4 and all(_NAME.match(t) for t in tokens)
+
+
+def infer_documents(sentences: Sequence[Sentence]) -> list[Sentence]:
+    """Sentences with ``document`` set from Reuters datelines, for copies of CoNLL-2003 without ``-DOCSTART-``.
+
+    Document context needs document boundaries, and this project's CoNLL-2003
+    train and dev files lost theirs (see ``../shared/data/conll2003/SOURCE.md``).
+    Nearly every Reuters story opens with a headline, sometimes a byline, then
+    a dateline (``LONDON 1996-08-30``), so a document is taken to start at the
+    headline before each dateline. A wrong boundary costs little: it only
+    changes which neighbouring words a sentence reads as unlabelled context.
+    Files that already have markers are returned unchanged.
+    """
+    if any(s.document is not None for s in sentences):
+        return list(sentences)
+    starts = {0}
+    last = 0
+    for i, sent in enumerate(sentences):
+        if i == 0 or not _is_dateline(sent.tokens):
+            continue
+        start = i - 1  # the headline
+        if len(sent.tokens) == 1 and start - 1 >= last:
+            start -= 1  # a bare date after its place (``MONTGOMERY , Ala .``), which the file split off
+        if start - 1 >= last and _is_byline(sentences[start].tokens):
+            start -= 1  # headline, byline, dateline
+        if start > last:
+            starts.add(start)
+            last = start
+    out: list[Sentence] = []
+    document = -1
+    for i, sent in enumerate(sentences):
+        if i in starts:
+            document += 1
+        out.append(Sentence(sent.tokens, sent.tags, sent.source, sent.line, document))
+    return out
+
+
+def format_documents(sentences: Sequence[Sentence]) -> str:
+    """Two-column CoNLL text (``token tag``), a ``-DOCSTART- O`` line opening each known document."""
+    out: list[str] = []
+    document: int | None = None
+    for sent in sentences:
+        if sent.document is not None and sent.document != document:
+            out.append(f"{DOCSTART} O\n\n")
+            document = sent.document
+        out.append("".join(f"{token} {tag}\n" for token, tag in zip(sent.tokens, sent.tags)) + "\n")
+    return "".join(out)
+
+
 def parse_conll_text(
     text: str, source: str = "<string>", token_column: int = 0, tag_column: int = -1
 ) -> list[Sentence]:

@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from ner_core.conll import DOCUMENT_SOURCES, check_documents
 from ner_core.inference import InferenceSettings, WordTagger
 from ner_core.labels import SCHEMES
 from ner_core.metrics import evaluate_tags
@@ -36,6 +37,7 @@ class EvaluateConfig:
     max_length: int | None = field(default=None, metadata={"help": "window length (default: the training run's)"})
     stride: int | None = None
     context_length: int | None = field(default=None, metadata={"help": "document-context subwords per side (default: the training run's)"})
+    documents: str | None = field(default=None, metadata={"help": f"where document context finds documents: {' | '.join(DOCUMENT_SOURCES)} (default: the training run's)"})
     batch_size: int | None = None
     torch_threads: int | None = None
     mixed_precision: str = field(default="auto", metadata={"help": "as for jobs.tag: auto (fp32 on CPU) | bf16 | none; score in the precision you tag in"})
@@ -44,17 +46,26 @@ class EvaluateConfig:
     def __post_init__(self):
         check_mixed_precision(self.mixed_precision)
         check_runtime(self.runtime, self.mixed_precision)
+        if self.documents is not None:
+            check_documents(self.documents)
         if self.scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
 
 
+def training_config(model_dir: str) -> dict:
+    """The settings ``jobs.train`` saved with the model (empty for a model from elsewhere)."""
+    path = os.path.join(resolve_model_path(model_dir), "metrics.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as fh:
+        return json.load(fh).get("config", {})
+
+
 def inference_settings_for(model_dir: str, **overrides) -> InferenceSettings:
     """The window settings a model was trained with, unless overridden."""
-    path = os.path.join(resolve_model_path(model_dir), "metrics.json")
+    cfg = training_config(model_dir)
     trained = {}
-    if os.path.isfile(path):
-        with open(path) as fh:
-            cfg = json.load(fh).get("config", {})
+    if cfg:
         trained = {
             "max_length": cfg.get("max_length"),
             "stride": cfg.get("stride"),
@@ -80,11 +91,14 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     settings = inference_settings_for(
         cfg.model, max_length=cfg.max_length, stride=cfg.stride, batch_size=cfg.batch_size, context_length=cfg.context_length
     )
-    # document context exactly as in training (the setting comes from the model's metrics.json)
-    rows = read_labelled(cfg.data, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column, settings.context_length).take_all()
+    # document context exactly as in training (the settings come from the model's metrics.json)
+    documents = cfg.documents or training_config(cfg.model).get("documents") or "markers"
+    rows = read_labelled(
+        cfg.data, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column, settings.context_length, documents
+    ).take_all()
     rows.sort(key=lambda r: (r["source"], r["line"]))
     if settings.context_length and not any(r["context_left"] or r["context_right"] for r in rows):
-        echo(f"warning: the model reads {settings.context_length} subwords of document context, but {cfg.data} has no -DOCSTART- document markers: scored without context")
+        echo(f"warning: the model reads {settings.context_length} subwords of document context, but {cfg.data} has no -DOCSTART- document markers: scored without context (--documents datelines infers them in Reuters news)")
     model, dtype = for_inference(model, cfg.mixed_precision, model.device.type)
     stage = Stage(f"predicting {len(rows):,} sentences", unit="windows")
     pred = WordTagger(model, tokenizer, settings, autocast_dtype=dtype).predict(
@@ -95,7 +109,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     stage.finish()
     metrics = evaluate_tags([list(r["tags"]) for r in rows], pred, scheme="IOB2", mode="strict")
     metrics["model"], metrics["data"] = cfg.model, cfg.data
-    metrics["settings"] = {"max_length": settings.max_length, "stride": settings.stride, "context_length": settings.context_length, "runtime": cfg.runtime}
+    metrics["settings"] = {"max_length": settings.max_length, "stride": settings.stride, "context_length": settings.context_length, "documents": documents, "runtime": cfg.runtime}
     if cfg.report:
         metrics["report"] = write_report(cfg.report, evaluation_report(metrics))
     if cfg.json:

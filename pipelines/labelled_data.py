@@ -20,7 +20,14 @@ import pyarrow.compute as pc
 import ray
 
 from ner_core.alignment import encode_batch
-from ner_core.conll import ConllFormatError, decode_conll_bytes, document_contexts, parse_conll_text
+from ner_core.conll import (
+    ConllFormatError,
+    check_documents,
+    decode_conll_bytes,
+    document_contexts,
+    infer_documents,
+    parse_conll_text,
+)
 from ner_core.labels import InvalidTagError, LabelMap, convert_scheme, find_invalid, labels_from_sequences, split_tag
 from pipelines.storage import arrow_filesystem, expand_inputs, strip_scheme, is_s3
 
@@ -66,7 +73,7 @@ def _rows_from_records(records, source: str) -> list[dict]:
     return rows
 
 
-def _parse_file(row: dict, token_column: int, tag_column: int, context_words: int = 0) -> list[dict]:
+def _parse_file(row: dict, token_column: int, tag_column: int, context_words: int = 0, documents: str = "markers") -> list[dict]:
     source = row["path"]
     if not os.path.isabs(source) and not is_s3(source):
         source = "s3://" + source  # a PyFileSystem over s3fs reports bucket/key
@@ -75,6 +82,8 @@ def _parse_file(row: dict, token_column: int, tag_column: int, context_words: in
     if fmt == "conll":
         text = decode_conll_bytes(data, source)
         sentences = parse_conll_text(text, source, token_column, tag_column)
+        if documents == "datelines":
+            sentences = infer_documents(sentences)
         contexts = document_contexts(sentences, context_words)
         return [
             {"tokens": s.tokens, "tags": s.tags, "source": s.source, "line": s.line, "context_left": left, "context_right": right}
@@ -137,12 +146,16 @@ def read_labelled(
     token_column: int = 0,
     tag_column: int = -1,
     context_words: int = 0,
+    documents: str = "markers",
 ) -> ray.data.Dataset:
     """Rows ``tokens, tags (IOB2), source, line, context_left, context_right`` from every labelled file under ``path``.
 
     ``context_words``: how many words of the sentence's document to keep on each
-    side (CoNLL files with ``-DOCSTART-`` only; empty otherwise).
+    side (CoNLL files only; empty otherwise). ``documents``: where a CoNLL file's
+    documents come from, its ``-DOCSTART-`` lines (``markers``), or, in a file
+    without them, Reuters datelines (``datelines``, see ``ner_core.conll.infer_documents``).
     """
+    check_documents(documents)
     files = expand_inputs(path, CONLL_EXTENSIONS + tuple(FORMAT_EXTENSIONS))
     # Let a data error reach the driver as itself (ConllFormatError with file:line),
     # not as a generic "UDF failed" wrapper whose cause is lost in pickling.
@@ -152,7 +165,7 @@ def read_labelled(
     ds = ray.data.read_binary_files(paths, include_paths=True, filesystem=fs, num_cpus=0.25)
     ds = ds.flat_map(
         _parse_file,
-        fn_kwargs={"token_column": token_column, "tag_column": tag_column, "context_words": context_words},
+        fn_kwargs={"token_column": token_column, "tag_column": tag_column, "context_words": context_words, "documents": documents},
         num_cpus=0.25,
     )
     return ds.map_batches(

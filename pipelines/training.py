@@ -35,6 +35,7 @@ from ray.train.torch import TorchTrainer
 
 from ner_core.alignment import pad_windows, Window
 from ner_core.inference import InferenceSettings, WordTagger
+from ner_core.conll import check_documents
 from ner_core.labels import SCHEMES, LabelMap
 from ner_core.metrics import evaluate_tags
 from ner_core.labels import LabelMismatchError, resolve_head_labels
@@ -88,6 +89,7 @@ class TrainConfig:
     max_length: int = field(default=128, metadata=_help("subword window length; longer sentences become overlapping windows"))
     stride: int = field(default=32, metadata=_help("subword overlap between consecutive windows"))
     context_length: int = field(default=0, metadata=_help("document context: up to this many subwords of the sentence's own document on each side, read but not labelled (CoNLL files with -DOCSTART-; 0: off)"))
+    documents: str = field(default="markers", metadata=_help("where document context finds a CoNLL file's documents: markers (its -DOCSTART- lines) | datelines (the same where a file has them, else inferred from Reuters datelines, for CoNLL-2003 copies that lost their markers)"))
     eval_batch_size: int = 64
     num_workers: int = field(default=2, metadata=_help("Ray Train workers (data-parallel)"))
     use_gpu: bool = False
@@ -123,6 +125,7 @@ class TrainConfig:
             raise ValueError("cpus_per_worker must be > 0")
         if self.context_length < 0:
             raise ValueError(f"context_length must be >= 0, got {self.context_length}")
+        check_documents(self.documents)
         parse_resources(self.worker_resources)
 
     @property
@@ -423,7 +426,8 @@ def _require_context(data: dict, context_length: int) -> None:
         if rows_with_context(ds) == 0:
             raise ValueError(
                 f"--context-length {context_length}: {flag} {path} has no -DOCSTART- document markers, so no sentence "
-                "has document context; train with --context-length 0, or on files that mark their documents"
+                "has document context; train with --context-length 0, on files that mark their documents, "
+                "or with --documents datelines (Reuters news: CoNLL-2003)"
             )
 
 
@@ -452,11 +456,11 @@ def run_training(cfg: TrainConfig) -> dict:
         raise FileNotFoundError(f"--resume: no earlier run in {where}")
 
     reading = Stage("reading and tokenizing data", unit=None)
-    train_ds = read_labelled(cfg.train, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column, cfg.context_length).materialize()
+    train_ds = read_labelled(cfg.train, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column, cfg.context_length, cfg.documents).materialize()
     labels = _labels_for(cfg, train_ds)
     datasets = {}
     if cfg.dev:
-        dev_ds = read_labelled(cfg.dev, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column, cfg.context_length).materialize()
+        dev_ds = read_labelled(cfg.dev, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column, cfg.context_length, cfg.documents).materialize()
         unknown = sorted(set(collect_labels(dev_ds)) - set(labels.labels))
         if unknown:
             raise ValueError(f"dev data {cfg.dev} has labels {unknown} never seen in training data {cfg.train}")

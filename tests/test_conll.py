@@ -69,3 +69,32 @@ def test_document_context_stays_inside_its_document():
     assert document_contexts(sentences, 1) == [([], ["In"]), (["fell"], []), ([], [])]
     # no -DOCSTART- (e.g. WNUT posts): sentences are unrelated, so no context
     assert document_contexts(parse_conll_text("a O\n\nb O\n"), 5) == [([], []), ([], [])]
+
+
+def test_documents_found_again_from_reuters_datelines():
+    """A CoNLL-2003 copy without -DOCSTART- lines: each story starts at the headline before its dateline."""
+    from ner_core.conll import format_documents, infer_documents
+
+    stories = [
+        "EU rejects German call to boycott British lamb .",
+        "Peter Blackburn",  # byline: belongs to the story below it
+        "BRUSSELS 1996-08-22",
+        "The European Commission said on Thursday it disagreed .",
+        "Rare Hendrix song draft sells for almost $ 17,000 .",
+        "LONDON 1996-08-22",
+        "A rare early draft was sold on Thursday .",
+        "Kindercare says debt buy to hit Q1 results .",
+        "MONTGOMERY , Ala .",  # a dateline the file split in two
+        "1996-08-22",
+        "Kindercare said it would buy back debt .",
+    ]
+    text = "\n".join("".join(f"{w} O\n" for w in s.split()) for s in stories)
+    found = infer_documents(parse_conll_text(text))
+    assert [s.document for s in found] == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
+    # written back with -DOCSTART- lines, the file reads as the same documents, word for word
+    again = parse_conll_text(format_documents(found))
+    assert [(s.tokens, s.document) for s in again] == [(s.tokens, s.document) for s in found]
+    # a file that marks its documents keeps its own boundaries
+    marked = parse_conll_text("-DOCSTART- O\n\n" + text)
+    assert infer_documents(marked) == marked
+    assert {s.document for s in marked} == {0}

@@ -136,9 +136,26 @@ def test_document_context_is_trained_and_evaluated_the_same_way(ray_cluster, tin
 
 def test_context_on_data_without_documents_stops_before_training(ray_cluster, tiny_dirs, conll_sample, tmp_path):
     """A corpus copy with no -DOCSTART- lines gives no context: asking for it is an error, not a silent no-op."""
-    with pytest.raises(ConfigError, match=r"--context-length 16: --train .*train.txt has no -DOCSTART- document markers"):
+    with pytest.raises(ConfigError, match=r"--context-length 16: --train .*train.txt has no -DOCSTART- document markers.*--documents datelines"):
         train_job.main(_argv(tiny_dirs, conll_sample, tmp_path / "out", "--context-length", "16"))
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_documents_from_datelines_give_context_to_a_corpus_without_markers(ray_cluster, tmp_path):
+    """CoNLL-2003 copies that lost -DOCSTART-: --documents datelines finds the stories again."""
+    from pipelines.labelled_data import read_labelled
+
+    stories = ["EU rejects German call .", "BRUSSELS 1996-08-22", "The Commission said .", "Hendrix draft sells .", "LONDON 1996-08-22", "It was sold ."]
+    path = tmp_path / "train.txt"
+    path.write_text("\n".join("".join(f"{w} O\n" for w in s.split()) for s in stories))
+    by_markers = read_labelled(str(path), context_words=8).take_all()
+    assert all(not r["context_left"] and not r["context_right"] for r in by_markers)
+    rows = sorted(read_labelled(str(path), context_words=8, documents="datelines").take_all(), key=lambda r: r["line"])
+    assert rows[2]["context_left"] == ["EU", "rejects", "German", "call", ".", "BRUSSELS", "1996-08-22"]
+    assert rows[2]["context_right"] == []  # the next story is not its context
+    assert rows[3]["context_right"] == ["LONDON", "1996-08-22", "It", "was", "sold", "."]
+    with pytest.raises(ValueError, match="documents must be one of markers, datelines"):
+        read_labelled(str(path), documents="guess")
 
 
 def test_evaluate_warns_when_the_data_has_no_context_for_a_context_model(ray_cluster, tiny_dirs, tmp_path, capsys):
@@ -152,6 +169,13 @@ def test_evaluate_warns_when_the_data_has_no_context_for_a_context_model(ray_clu
     capsys.readouterr()
     assert evaluate_job.main(["--model", str(tmp_path / "model"), "--data", str(tmp_path / "plain.txt")]) == 0
     assert "has no -DOCSTART- document markers: scored without context" in capsys.readouterr().out
+    # the same model on news whose stories --documents datelines can find again: scored with context
+    news = tmp_path / "news.txt"
+    news.write_text(to_conll([(["Paris", "wins", "."], ["B-LOC", "O", "O"]), (["PARIS", "1996-08-22"], ["B-LOC", "O"]), (["It", "rained", "."], ["O", "O", "O"])]))
+    out = tmp_path / "news.json"
+    assert evaluate_job.main(["--model", str(tmp_path / "model"), "--data", str(news), "--documents", "datelines", "--json", str(out)]) == 0
+    assert "scored without context" not in capsys.readouterr().out
+    assert json.loads(out.read_text())["settings"]["documents"] == "datelines"
 
 
 def _tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
