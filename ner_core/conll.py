@@ -163,30 +163,29 @@ def infer_documents(sentences: Sequence[Sentence]) -> list[Sentence]:
     a dateline (``LONDON 1996-08-30``), so a document is taken to start at the
     headline before each dateline. A wrong boundary costs little: it only
     changes which neighbouring words a sentence reads as unlabelled context.
-    Files that already have markers are returned unchanged.
+    Files that already have markers, and files with no dateline at all (not
+    Reuters news: their sentences are not known to belong together), are
+    returned unchanged.
     """
-    if any(s.document is not None for s in sentences):
+    datelines = [i for i, sent in enumerate(sentences) if i > 0 and _is_dateline(sent.tokens)]
+    if not datelines or any(s.document is not None for s in sentences):
         return list(sentences)
-    starts = {0}
-    last = 0
-    for i, sent in enumerate(sentences):
-        if i == 0 or not _is_dateline(sent.tokens):
-            continue
+    starts = [0]
+    for i in datelines:
+        sent = sentences[i]
         start = i - 1  # the headline
-        if len(sent.tokens) == 1 and start - 1 >= last:
+        if len(sent.tokens) == 1 and start - 1 >= starts[-1]:
             start -= 1  # a bare date after its place (``MONTGOMERY , Ala .``), which the file split off
-        if start - 1 >= last and _is_byline(sentences[start].tokens):
+        if start - 1 >= starts[-1] and _is_byline(sentences[start].tokens):
             start -= 1  # headline, byline, dateline
-        if start > last:
-            starts.add(start)
-            last = start
-    out: list[Sentence] = []
-    document = -1
-    for i, sent in enumerate(sentences):
-        if i in starts:
-            document += 1
-        out.append(Sentence(sent.tokens, sent.tags, sent.source, sent.line, document))
-    return out
+        if start > starts[-1]:
+            starts.append(start)
+    ends = starts[1:] + [len(sentences)]
+    return [
+        Sentence(sent.tokens, sent.tags, sent.source, sent.line, document)
+        for document, (a, b) in enumerate(zip(starts, ends))
+        for sent in sentences[a:b]
+    ]
 
 
 def format_documents(sentences: Sequence[Sentence]) -> str:

@@ -61,9 +61,8 @@ def training_config(model_dir: str) -> dict:
         return json.load(fh).get("config", {})
 
 
-def inference_settings_for(model_dir: str, **overrides) -> InferenceSettings:
-    """The window settings a model was trained with, unless overridden."""
-    cfg = training_config(model_dir)
+def inference_settings_for(cfg: dict, **overrides) -> InferenceSettings:
+    """The window settings of a training run's config (``training_config``), unless overridden."""
     trained = {}
     if cfg:
         trained = {
@@ -88,11 +87,12 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
         torch.set_num_threads(cfg.torch_threads)
     model = load_runtime(cfg.model, cfg.runtime, threads=torch.get_num_threads())
     tokenizer = load_tokenizer(cfg.model)
+    trained = training_config(cfg.model)
     settings = inference_settings_for(
-        cfg.model, max_length=cfg.max_length, stride=cfg.stride, batch_size=cfg.batch_size, context_length=cfg.context_length
+        trained, max_length=cfg.max_length, stride=cfg.stride, batch_size=cfg.batch_size, context_length=cfg.context_length
     )
     # document context exactly as in training (the settings come from the model's metrics.json)
-    documents = cfg.documents or training_config(cfg.model).get("documents") or "markers"
+    documents = cfg.documents or trained.get("documents") or "markers"
     rows = read_labelled(
         cfg.data, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column, settings.context_length, documents
     ).take_all()

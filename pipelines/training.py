@@ -420,14 +420,17 @@ def _run_exists(run_dir: str) -> bool:
     return os.path.exists(os.path.join(run_dir, RUN_NAME))
 
 
-def _require_context(data: dict, context_length: int) -> None:
-    """``--context-length`` on data with no document markers would silently train without context: stop instead."""
+def _require_context(data: dict, context_length: int, documents: str) -> None:
+    """``--context-length`` on data with no documents would silently train without context: stop instead."""
     for flag, (path, ds) in data.items():
         if rows_with_context(ds) == 0:
+            if documents == "datelines":
+                missing, fixes = "neither -DOCSTART- document markers nor Reuters datelines", "on files that mark their documents"
+            else:
+                missing, fixes = "no -DOCSTART- document markers", "on files that mark their documents, or with --documents datelines (Reuters news: CoNLL-2003)"
             raise ValueError(
-                f"--context-length {context_length}: {flag} {path} has no -DOCSTART- document markers, so no sentence "
-                "has document context; train with --context-length 0, on files that mark their documents, "
-                "or with --documents datelines (Reuters news: CoNLL-2003)"
+                f"--context-length {context_length}: {flag} {path} has {missing}, so no sentence "
+                f"has document context; train with --context-length 0, {fixes}"
             )
 
 
@@ -466,7 +469,7 @@ def run_training(cfg: TrainConfig) -> dict:
             raise ValueError(f"dev data {cfg.dev} has labels {unknown} never seen in training data {cfg.train}")
         datasets["dev"] = dev_ds
     if cfg.context_length:
-        _require_context({"--train": (cfg.train, train_ds), **({"--dev": (cfg.dev, datasets["dev"])} if cfg.dev else {})}, cfg.context_length)
+        _require_context({"--train": (cfg.train, train_ds), **({"--dev": (cfg.dev, datasets["dev"])} if cfg.dev else {})}, cfg.context_length, cfg.documents)
     datasets["train"] = encode_for_training(
         train_ds, resolve_model_path(cfg.init_from or cfg.encoder), labels, cfg.max_length, cfg.stride, cfg.case_markers, cfg.context_length
     ).materialize()

@@ -98,3 +98,5 @@ def test_documents_found_again_from_reuters_datelines():
     marked = parse_conll_text("-DOCSTART- O\n\n" + text)
     assert infer_documents(marked) == marked
     assert {s.document for s in marked} == {0}
+    # no dateline anywhere (WNUT's posts): no documents, rather than one that holds the whole file
+    assert {s.document for s in infer_documents(parse_conll_text("a O\n\nb O\n"))} == {None}

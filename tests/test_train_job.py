@@ -138,6 +138,8 @@ def test_context_on_data_without_documents_stops_before_training(ray_cluster, ti
     """A corpus copy with no -DOCSTART- lines gives no context: asking for it is an error, not a silent no-op."""
     with pytest.raises(ConfigError, match=r"--context-length 16: --train .*train.txt has no -DOCSTART- document markers.*--documents datelines"):
         train_job.main(_argv(tiny_dirs, conll_sample, tmp_path / "out", "--context-length", "16"))
+    with pytest.raises(ConfigError, match=r"--context-length 16: --train .*train.txt has neither -DOCSTART- document markers nor Reuters datelines"):
+        train_job.main(_argv(tiny_dirs, conll_sample, tmp_path / "out", "--context-length", "16", "--documents", "datelines"))
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
