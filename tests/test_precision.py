@@ -60,7 +60,7 @@ def test_bf16_inference_on_cpu_casts_the_weights_once_instead_of_autocasting(tin
 
 def test_bf16_weights_on_cpu_pad_batches_to_a_few_shapes_with_the_same_labels(tiny_dirs, tokenizer):
     # A bf16 actor's heap grew with every new batch length under exact padding (likely oneDNN
-    # keeping kernels per shape); padding to 16 positions bounds the shapes (fp32 stays exact).
+    # keeping kernels per shape); padding to 8 positions bounds the shapes (fp32 stays exact).
     from ner_core.inference import InferenceSettings, WordTagger
     from ner_core.precision import for_inference
     from transformers import AutoModelForTokenClassification
@@ -70,7 +70,7 @@ def test_bf16_weights_on_cpu_pad_batches_to_a_few_shapes_with_the_same_labels(ti
     docs = [["word"] * n for n in (3, 7, 11, 19, 23)]
     padded = WordTagger(cast, tokenizer, InferenceSettings(batch_size=1))
     exact = WordTagger(cast, tokenizer, InferenceSettings(batch_size=1, cpu_bf16_pad_to_multiple_of=None))
-    assert padded.pad_to_multiple_of == 16 and exact.pad_to_multiple_of is None
+    assert padded.pad_to_multiple_of == 8 and exact.pad_to_multiple_of is None
     fp32 = WordTagger(load(), tokenizer, InferenceSettings(batch_size=256))
     assert fp32.pad_to_multiple_of is None  # fp32 on CPU: exact
     # the same goes for the batches: on CPU a fixed number of windows, whatever the precision
