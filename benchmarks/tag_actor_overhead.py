@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--model", default="runs/conll-minilm-encoder-e5")
     ap.add_argument("--corpus", default="bench_out/corpus-mixed-20000", help="a folder of JSONL files (tag_vs_pipeline.py writes them)")
     ap.add_argument("--precision", default="none", help="--mixed-precision of every contender: none (fp32) or bf16")
-    ap.add_argument("--batch-size", type=int, default=8192, help="rows per actor call (jobs.tag's --batch-size)")
+    ap.add_argument("--batch-size", type=int, default=2048, help="rows per actor call (jobs.tag's --batch-size)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--out", default="bench_out/tagged-actor-overhead")

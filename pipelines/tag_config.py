@@ -53,10 +53,10 @@ class TagConfig:
     id_column: str | None = field(default=None, metadata=_help("column identifying a row; copied into error records"))
     # Rows per actor call. Large, because windows are length-sorted within a call: the
     # more rows sorted together, the less padding per forward pass (512 -> 2048 rows was
-    # 1.5x faster on CPU for CoNLL-length sentences; 2048 -> 8192 another 9% in fp32 and,
-    # with bf16 batches padded to 8 instead of 16, 25% in bf16: docs/BENCHMARKS.md). The
-    # rows cost a few MB; progress is reported within a call.
-    batch_size: int = field(default=8192, metadata=_help("rows per actor call (windows are length-sorted within it)"))
+    # 1.5x faster on CPU for CoNLL-length sentences). Not larger: with 8192-row calls the
+    # fp32 actor's peak at 50,000 rows was 1.22x its peak at 5,000 (1.08x with 2048), for a
+    # forward pass about 9% faster (docs/BENCHMARKS.md).
+    batch_size: int = field(default=2048, metadata=_help("rows per actor call (windows are length-sorted within it)"))
     # On GPU a forward pass takes up to this many windows and --batch-tokens positions, so
     # short sentences go in large batches and long ones in small (ner_core.inference.length_batches);
     # on CPU, this many windows (a few input shapes keep oneDNN's per-shape memory bounded).
