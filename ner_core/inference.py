@@ -37,10 +37,10 @@ class InferenceSettings:
     pad_to_multiple_of: int | None = 8
     # ... except for bf16 weights on CPU, where memory follows the input shapes (likely oneDNN
     # keeping kernels per shape): with exact padding (a new length nearly every batch) the
-    # actor's heap grew from 901 to 1,288 MiB between a 5,000- and a 50,000-row run. Padded
-    # to 8: 744 to 829 MiB peak RSS (8,192-row calls), and 24% faster than padded to 16
-    # (63.9 against 71.6 s for those 50,000 rows with 2,048-row calls as before): a CoNLL
-    # sentence is about 23 subwords, and rounding up to 16 added a third to its positions.
+    # actor's heap grew from 901 to 1,288 MiB between a 5,000- and a 50,000-row run. A
+    # multiple of 8 bounds the shapes as 16 did (whole job at 10x: 1.11x the 1x peak, 1.17x
+    # with 16 in the same hour) and is 10% faster in jobs.tag (7,393 and 7,008 against 6,397
+    # and 6,545 words/s): a CoNLL sentence is about 23 subwords, and 16 rounded many up to 32.
     cpu_bf16_pad_to_multiple_of: int | None = 8
     context_length: int = 0  # document-context subwords per side (see ner_core.alignment); the training run's
 

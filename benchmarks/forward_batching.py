@@ -1,0 +1,90 @@
+"""The model's forward passes alone, batched the ways jobs.tag could batch them: positions and seconds.
+
+    .venv/bin/python benchmarks/forward_batching.py --model runs/conll-minilm-encoder-e1 --precision bf16 \
+        --modes 2048:16,2048:8,8192:8,20000:0
+
+Why: on CPU the tagging actor spends about 90% of a call in the forward pass, so the
+padding its batches carry is most of what it can win or lose against a bare loop. A mode
+``ROWS:MULTIPLE`` sorts the windows of each ``ROWS``-row slice by length (jobs.tag's
+``--batch-size``: rows per actor call), cuts them into batches of 64 and pads each batch to
+a multiple of ``MULTIPLE`` positions (0: exact). ``20000:0`` on a 20,000-row corpus is the
+bare loop's batching (one global sort). All modes run in one process, alternating, for
+``--rounds`` rounds, so the machine's drift hits them alike. The corpus is the one
+``tag_vs_pipeline.py`` writes (raw text, split by jobs.tag's splitter, case markers as the
+model was trained with, truncated at 128 subwords); tokenizing and batching are off the clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def batches(ids: list[list[int]], call_rows: int, multiple: int, per_batch: int = 64):
+    """(input_ids, attention_mask) tensors as jobs.tag's CPU actor would make them for ``call_rows``-row calls."""
+    import torch
+
+    out = []
+    for start in range(0, len(ids), call_rows):
+        order = sorted(range(start, min(start + call_rows, len(ids))), key=lambda i: len(ids[i]))
+        for s in range(0, len(order), per_batch):
+            rows = order[s : s + per_batch]
+            width = max(len(ids[i]) for i in rows)
+            if multiple:
+                width = -(-width // multiple) * multiple
+            x = torch.zeros((len(rows), width), dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, i in enumerate(rows):
+                x[r, : len(ids[i])] = torch.tensor(ids[i])
+                mask[r, : len(ids[i])] = 1
+            out.append((x, mask))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="runs/conll-minilm-encoder-e5")
+    ap.add_argument("--corpus", default="bench_out/corpus-mixed-20000", help="a folder of JSONL files (tag_vs_pipeline.py writes them)")
+    ap.add_argument("--precision", default="bf16", help="none (fp32) or bf16 (weights cast, as jobs.tag on CPU)")
+    ap.add_argument("--modes", default="2048:16,2048:8,8192:8,20000:0", help="ROWS:MULTIPLE,...")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    import torch
+
+    from ner_core.casing import word_case
+    from ner_core.precision import for_inference
+    from ner_core.tagger import load_tagger, load_tokenizer
+    from ner_core.text import split_words
+
+    torch.set_num_threads(args.threads)
+    model, tok = load_tagger(args.model).eval(), load_tokenizer(args.model)
+    model, _ = for_inference(model, args.precision, "cpu")
+    paths = sorted(glob.glob(os.path.join(args.corpus, "*.jsonl")))
+    if not paths:
+        raise SystemExit(f"no JSONL files in {args.corpus}: run benchmarks/tag_vs_pipeline.py first")
+    docs = [[w.text for w in split_words(json.loads(line)["text"])] for p in paths for line in open(p)]
+    docs = [[t for w in d for t in ((word_case(w), w) if word_case(w) else (w,))] for d in docs]
+    ids = tok(docs, is_split_into_words=True, truncation=True, max_length=128)["input_ids"]
+    for rnd in range(args.rounds):
+        for mode in args.modes.split(","):
+            rows, multiple = (int(x) for x in mode.split(":"))
+            prepared = batches(ids, rows, multiple)
+            start = time.time()
+            with torch.inference_mode():
+                for x, mask in prepared:
+                    model(input_ids=x, attention_mask=mask).logits.argmax(-1)
+            seconds = time.time() - start
+            positions = sum(x.numel() for x, _ in prepared)
+            print(json.dumps({"round": rnd, "mode": mode, "precision": args.precision, "positions": positions, "seconds": round(seconds, 2)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
