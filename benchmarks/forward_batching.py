@@ -28,22 +28,27 @@ sys.path.insert(0, ROOT)
 
 
 def batches(ids: list[list[int]], call_rows: int, multiple: int, per_batch: int = 64):
-    """(input_ids, attention_mask) tensors as jobs.tag's CPU actor would make them for ``call_rows``-row calls."""
+    """(input_ids, attention_mask) tensors as jobs.tag's CPU actor would make them for ``call_rows``-row calls.
+
+    The order and the cuts are ``ner_core.inference.length_batches``', which the actor's
+    ``WordTagger`` calls on CPU with a fixed number of windows per batch.
+    """
     import torch
+
+    from ner_core.inference import length_batches
 
     out = []
     for start in range(0, len(ids), call_rows):
-        order = sorted(range(start, min(start + call_rows, len(ids))), key=lambda i: len(ids[i]))
-        for s in range(0, len(order), per_batch):
-            rows = order[s : s + per_batch]
-            width = max(len(ids[i]) for i in rows)
+        call = ids[start : start + call_rows]
+        for idx in length_batches([len(x) for x in call], per_batch, pad_to_multiple_of=multiple or None):
+            width = max(len(call[i]) for i in idx)
             if multiple:
                 width = -(-width // multiple) * multiple
-            x = torch.zeros((len(rows), width), dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, i in enumerate(rows):
-                x[r, : len(ids[i])] = torch.tensor(ids[i])
-                mask[r, : len(ids[i])] = 1
+            x = torch.zeros((len(idx), width), dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, i in enumerate(idx):
+                x[r, : len(call[i])] = torch.tensor(call[i])
+                mask[r, : len(call[i])] = 1
             out.append((x, mask))
     return out
 
