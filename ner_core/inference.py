@@ -24,9 +24,17 @@ class InferenceSettings:
     max_length: int = 256
     stride: int = 64
     batch_size: int = 64  # windows per forward pass, at most (see ``length_batches``)
-    # On GPU, also positions per forward pass (windows x padded length), at most, so short
-    # windows go in larger batches and long ones in smaller; None: windows only.
-    batch_tokens: int | None = 8192
+    # Also positions per forward pass (windows x padded length), at most, so short windows go
+    # in larger batches and long ones in smaller. None: the device's default, below.
+    batch_tokens: int | None = None
+    gpu_batch_tokens: int = 8192
+    # On CPU, 2,048 keeps CoNLL-length sentences (up to 32 subwords) in batches of 64 and
+    # splits the end of each call's length sort, its longest windows, into smaller batches:
+    # the last batch of each 2,048-row call, 64 windows padded to the longest, held 65% of
+    # the padding. fp32 forward passes over 20,000 rows took 58.1 and 58.8 s against 63.4
+    # and 63.9 s, with a lower peak; jobs.tag was 6% faster in fp32 and bf16 (runs
+    # alternating, docs/BENCHMARKS.md). The shapes stay few (81, not 54, in fp32).
+    cpu_batch_tokens: int = 2048
     # On GPU, a batch closes early rather than pad more than this share of its positions:
     # windows sorted within a few thousand sentences still differ a lot in the long tail
     # (batches of 64 CoNLL windows padded 10% of their positions, with this 2.4%).
@@ -100,15 +108,15 @@ class WordTagger:
         self.autocast_dtype = autocast_dtype
         self.labels = LabelMap.from_id2label(model.config.id2label)
         # (max windows, max positions, max padding share) of a forward pass: ``length_batches``.
-        # On CPU, batches of a fixed number of windows: kernels there are made and kept per
-        # input shape, and batches cut by positions and padding come in hundreds of shapes.
-        # They grew the fp32 actor from 1,009 to 1,558 MiB RSS between 5,000 and 30,000 rows
-        # (fixed batches: 848 to 1,002), and bf16 from a 910 to a 1,413 MiB peak at 20,000.
-        self.batching = (settings.batch_size, settings.batch_tokens, settings.max_padding)
+        # On CPU no padding share: kernels there are made and kept per input shape, and
+        # batches cut by padding come in hundreds of shapes. They grew the fp32 actor from
+        # 1,009 to 1,558 MiB RSS between 5,000 and 30,000 rows (fixed batches: 848 to 1,002),
+        # and bf16 from a 910 to a 1,413 MiB peak at 20,000.
         if self.device.type == "cuda":
+            self.batching = (settings.batch_size, settings.batch_tokens or settings.gpu_batch_tokens, settings.max_padding)
             self.pad_to_multiple_of = settings.pad_to_multiple_of
         else:
-            self.batching = (settings.batch_size, None, None)
+            self.batching = (settings.batch_size, settings.batch_tokens or settings.cpu_batch_tokens, None)
             bf16 = _weights_dtype(self.model) == torch.bfloat16
             self.pad_to_multiple_of = settings.cpu_bf16_pad_to_multiple_of if bf16 else None
 

@@ -40,7 +40,7 @@ class TagActor:
         path = local_model_dir(plan.model, plan.model_identity)
         device = "cuda" if plan.use_gpu and torch.cuda.is_available() else "cpu"
         # windows arrive cut (tag_preprocess): only the batching settings apply here
-        settings = InferenceSettings(batch_size=plan.window_batch_size)
+        settings = InferenceSettings(batch_size=plan.window_batch_size, batch_tokens=plan.batch_tokens)
         try:  # the driver only read the model's files (tag_model.check_model): a load failure is reported here
             engine = load_runtime(path, plan.runtime, threads=plan.torch_threads)  # torch, or ONNX Runtime (exported once per model version, cached)
             tokenizer = cached_tokenizer(plan.model, plan.model_identity)

@@ -57,11 +57,12 @@ class TagConfig:
     # fp32 actor's peak at 50,000 rows was 1.22x its peak at 5,000 (1.08x with 2048), for a
     # forward pass about 9% faster (docs/BENCHMARKS.md).
     batch_size: int = field(default=2048, metadata=_help("rows per actor call (windows are length-sorted within it)"))
-    # On GPU a forward pass takes up to this many windows and --batch-tokens positions, so
-    # short sentences go in large batches and long ones in small (ner_core.inference.length_batches);
-    # on CPU, this many windows (a few input shapes keep oneDNN's per-shape memory bounded).
+    # A forward pass takes up to this many windows and --batch-tokens positions, so short
+    # sentences go in large batches and long ones in small (ner_core.inference.length_batches);
+    # on GPU it also closes early rather than pad much, not on CPU (a few input shapes keep
+    # oneDNN's per-shape memory bounded).
     window_batch_size: int = field(default=64, metadata=_help("windows per forward pass, at most"))
-    batch_tokens: int = field(default=8192, metadata=_help("GPU: positions per forward pass (windows x padded length), at most"))
+    batch_tokens: int | None = field(default=None, metadata=_help("positions per forward pass (windows x padded length), at most (default: 8192 on GPU, 2048 on CPU)"))
     actors: str = field(default="1", metadata=_help("actor pool size: N, or MIN-MAX to autoscale"))
     cpus_per_actor: float = field(default=1.0, metadata=_help("CPUs reserved per actor (fractional allowed; keep some free for reading)"))
     gpus_per_actor: float = field(default=0.0, metadata=_help("GPUs per actor; fractional to share a GPU between actors"))
@@ -97,7 +98,7 @@ class TagConfig:
         if self.mixed_precision == "fp16" and not self.gpus_per_actor:
             raise ValueError("--mixed-precision fp16 needs --gpus-per-actor > 0; on CPU use bf16 or none")
         for name in ("batch_size", "window_batch_size", "batch_tokens", "max_length", "rows_per_block", "rows_per_file", "read_attempts"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         if self.stride < 0:
             raise ValueError("--stride must be >= 0")
@@ -161,7 +162,7 @@ class TagPlan:
     max_length: int  # clamped to the model's positions
     stride: int
     window_batch_size: int
-    batch_tokens: int
+    batch_tokens: int | None  # None: the device's default (ner_core.inference.InferenceSettings)
     min_actors: int
     max_actors: int
     torch_threads: int

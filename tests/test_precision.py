@@ -73,8 +73,8 @@ def test_bf16_weights_on_cpu_pad_batches_to_a_few_shapes_with_the_same_labels(ti
     assert padded.pad_to_multiple_of == 8 and exact.pad_to_multiple_of is None
     fp32 = WordTagger(load(), tokenizer, InferenceSettings(batch_size=256))
     assert fp32.pad_to_multiple_of is None  # fp32 on CPU: exact
-    # the same goes for the batches: on CPU a fixed number of windows, whatever the precision
-    # (cut by positions and padding share on GPU only: ner_core.inference.length_batches)
-    assert WordTagger(cast, tokenizer, InferenceSettings(batch_size=256)).batching == (256, None, None)
-    assert fp32.batching == (256, None, None)
+    # the same goes for the batches: on CPU at most so many windows and positions, whatever
+    # the precision, and never cut by padding share (GPU only: ner_core.inference.length_batches)
+    assert WordTagger(cast, tokenizer, InferenceSettings(batch_size=256)).batching == (256, 2048, None)
+    assert fp32.batching == (256, 2048, None)
     assert padded.predict_ids(docs) == exact.predict_ids(docs)

@@ -248,3 +248,20 @@ def test_a_damaged_model_copy_is_refused_before_tagging(ray_cluster, tiny_tagger
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"error: cannot load model '{model}'") and message in last, last
     assert not (tmp_path / "out" / "_manifest.json").exists()
+
+
+def test_the_actor_batches_forward_passes_as_the_command_line_says(tiny_tagger):
+    # --window-batch-size and --batch-tokens reach the model's batching (--batch-tokens used
+    # to stop at the plan); on CPU a batch is never cut by its padding share (GPU only)
+    from pipelines.tag_actor import TagActor
+    from pipelines.tag_config import TagConfig, TagPlan
+    from pipelines.tag_model import check_model
+
+    model = check_model(str(tiny_tagger))
+
+    def actor(*argv: str) -> TagActor:
+        cfg = TagConfig(model=str(tiny_tagger), input="corpus/", output="tagged/", **dict(zip(argv[::2], argv[1::2])))
+        return TagActor(TagPlan.resolve(cfg, model.identity, model.max_positions, "jsonl"))
+
+    assert actor().tagger.batching == (64, 2048, None)
+    assert actor("window_batch_size", 32, "batch_tokens", 512).tagger.batching == (32, 512, None)
