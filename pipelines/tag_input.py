@@ -308,14 +308,26 @@ def scan_jsonl_columns(paths: list[str], rows_per_block: int, column: str | None
     The ref resolves to field -> one Arrow type for the job (encoded), or None: stored as
     JSON text. Parquet needs one type per column in every file of the output, and a JSON
     field's type is only known after every row has been seen; so this pass reads the input
-    once (one Ray task per file, no model). It runs beside the tagging instead of before it:
-    the sink waits for it at its first write, and the first rows are tagged seconds sooner
-    (1.3 s of the start at 20,000 rows, 3.7 s at 100,000; the whole corpus on a large one).
+    once (no model). It runs beside the tagging instead of before it: the sink waits for it
+    at its first write, and the first rows are tagged seconds sooner (1.3 s of the start at
+    20,000 rows, 3.7 s at 100,000; the whole corpus on a large one).
+
+    In a quarter of the cluster's CPUs' worth of tasks at most, one at least, each scanning
+    its share of the files in turn: one task per file started a Ray worker process per file
+    just as the tagging actor was loading its model (2 cores, bf16, 50,000 rows in 5 files:
+    first rows after 12.4 s, 8.3 s with no scan at all; docs/BENCHMARKS.md).
     """
     import ray
 
-    scan = ray.remote(**task_args)(_scan_types)
-    return ray.remote(**task_args)(merge_jsonl_types).remote(*[scan.remote(p, rows_per_block, column, pre_split) for p in paths])
+    tasks = max(1, min(len(paths), int(ray.cluster_resources().get("CPU", 1)) // 4))
+    scan = ray.remote(**task_args)(_scan_files)
+    refs = [scan.remote(paths[i::tasks], rows_per_block, column, pre_split) for i in range(tasks)]
+    return refs[0] if len(refs) == 1 else ray.remote(**task_args)(merge_jsonl_types).remote(*refs)
+
+
+def _scan_files(paths: list[str], rows_per_block: int, column: str | None, pre_split: bool) -> dict[str, str | None]:
+    """``_scan_types`` of several files, one after another, merged (``merge_jsonl_types``)."""
+    return merge_jsonl_types(*(_scan_types(p, rows_per_block, column, pre_split) for p in paths))
 
 
 def merge_jsonl_types(*per_file: dict[str, str | None]) -> dict[str, str | None]:

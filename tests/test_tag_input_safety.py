@@ -155,3 +155,15 @@ def test_a_file_s3_keeps_dropping_is_reported_then_tagged_by_the_next_run(ray_cl
     rows = [json.loads(line) for p in sorted(fs.glob(f"{bucket}/tagged/*.jsonl")) for line in fs.cat(p).decode().splitlines()]
     assert sorted(r["n"] for r in rows) == list(range(20)) + list(range(100, 130))  # none lost, none twice
     assert not os.environ.get("RAY_NER_TEST_KILL_AFTER_COMMITS")
+
+
+def test_the_type_scan_gives_the_same_types_however_the_files_are_grouped(tmp_path):
+    # the scan splits the files between tasks by the cluster's size (one on a laptop),
+    # then merges the tasks' types: any grouping must give the types of one scan of all
+    from pipelines.tag_input import _scan_files, merge_jsonl_types
+
+    _write_corpus(tmp_path / "in")
+    paths = sorted(str(p) for p in (tmp_path / "in").glob("*.jsonl"))
+    whole = _scan_files(paths, 2, "text", False)
+    assert merge_jsonl_types(*(_scan_files([p], 2, "text", False) for p in paths)) == whole
+    assert whole["id"] is None and whole["flag"] is not None  # str and int ids: JSON text
