@@ -1,12 +1,13 @@
 """The model's forward passes alone, batched the ways jobs.tag could batch them: positions and seconds.
 
     .venv/bin/python benchmarks/forward_batching.py --model runs/conll-minilm-encoder-e1 --precision bf16 \
-        --modes 2048:16,2048:8,8192:8,20000:0
+        --modes 2048:16,2048:8,8192:8,20000:0,2048:8:2048
 
 Why: on CPU the tagging actor spends about 90% of a call in the forward pass, so the
 padding its batches carry is most of what it can win or lose against a bare loop. A mode
-``ROWS:MULTIPLE`` sorts the windows of each ``ROWS``-row slice by length (jobs.tag's
-``--batch-size``: rows per actor call), cuts them into batches of 64 and pads each batch to
+``ROWS:MULTIPLE[:TOKENS]`` sorts the windows of each ``ROWS``-row slice by length (jobs.tag's
+``--batch-size``: rows per actor call), cuts them into batches of 64 windows and at most
+``TOKENS`` positions (jobs.tag's ``--batch-tokens``; none if left out) and pads each batch to
 a multiple of ``MULTIPLE`` positions (0: exact). ``20000:0`` on a 20,000-row corpus is the
 bare loop's batching (one global sort). All modes run in one process, alternating, for
 ``--rounds`` rounds, so the machine's drift hits them alike. The corpus is the one
@@ -27,11 +28,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def batches(ids: list[list[int]], call_rows: int, multiple: int, per_batch: int = 64):
+def batches(ids: list[list[int]], call_rows: int, multiple: int, max_tokens: int | None = None, per_batch: int = 64):
     """(input_ids, attention_mask) tensors as jobs.tag's CPU actor would make them for ``call_rows``-row calls.
 
     The order and the cuts are ``ner_core.inference.length_batches``', which the actor's
-    ``WordTagger`` calls on CPU with a fixed number of windows per batch.
+    ``WordTagger`` calls on CPU with at most 64 windows and ``--batch-tokens`` positions per batch.
     """
     import torch
 
@@ -40,7 +41,7 @@ def batches(ids: list[list[int]], call_rows: int, multiple: int, per_batch: int 
     out = []
     for start in range(0, len(ids), call_rows):
         call = ids[start : start + call_rows]
-        for idx in length_batches([len(x) for x in call], per_batch, pad_to_multiple_of=multiple or None):
+        for idx in length_batches([len(x) for x in call], per_batch, max_tokens, pad_to_multiple_of=multiple or None):
             width = max(len(call[i]) for i in idx)
             if multiple:
                 width = -(-width // multiple) * multiple
@@ -58,7 +59,7 @@ def main() -> None:
     ap.add_argument("--model", default="runs/conll-minilm-encoder-e5")
     ap.add_argument("--corpus", default="bench_out/corpus-mixed-20000", help="a folder of JSONL files (tag_vs_pipeline.py writes them)")
     ap.add_argument("--precision", default="bf16", help="none (fp32) or bf16 (weights cast, as jobs.tag on CPU)")
-    ap.add_argument("--modes", default="2048:16,2048:8,8192:8,20000:0", help="ROWS:MULTIPLE,...")
+    ap.add_argument("--modes", default="2048:8,2048:8:2048,2048:0,2048:0:2048,20000:0", help="ROWS:MULTIPLE[:TOKENS],...")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
@@ -80,15 +81,16 @@ def main() -> None:
     ids = tok(docs, is_split_into_words=True, truncation=True, max_length=128)["input_ids"]
     for rnd in range(args.rounds):
         for mode in args.modes.split(","):
-            rows, multiple = (int(x) for x in mode.split(":"))
-            prepared = batches(ids, rows, multiple)
+            rows, multiple, *tokens = (int(x) for x in mode.split(":"))
+            prepared = batches(ids, rows, multiple, tokens[0] if tokens else None)
             start = time.time()
             with torch.inference_mode():
                 for x, mask in prepared:
                     model(input_ids=x, attention_mask=mask).logits.argmax(-1)
             seconds = time.time() - start
             positions = sum(x.numel() for x, _ in prepared)
-            print(json.dumps({"round": rnd, "mode": mode, "precision": args.precision, "positions": positions, "seconds": round(seconds, 2)}), flush=True)
+            shapes = len({tuple(x.shape) for x, _ in prepared})
+            print(json.dumps({"round": rnd, "mode": mode, "precision": args.precision, "positions": positions, "shapes": shapes, "seconds": round(seconds, 2)}), flush=True)
 
 
 if __name__ == "__main__":
