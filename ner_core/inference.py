@@ -30,8 +30,8 @@ class InferenceSettings:
     gpu_batch_tokens: int = 8192
     # On CPU, 2,048 keeps CoNLL-length sentences (up to 32 subwords) in batches of 64 and
     # splits the end of each call's length sort, its longest windows, into smaller batches:
-    # the last batch of each 2,048-row call, 64 windows padded to the longest, held 65% of
-    # the padding. fp32 forward passes over 20,000 rows took 58.1 and 58.8 s against 63.4
+    # the last batch of each 2,048-row call, 64 windows padded to the longest, held two
+    # thirds of the padding. fp32 forward passes over 20,000 rows took 58.1 s against 63.4
     # and 63.9 s, with a lower peak; jobs.tag was 6% faster in fp32 and bf16 (runs
     # alternating, docs/BENCHMARKS.md). The shapes stay few (81, not 54, in fp32).
     cpu_batch_tokens: int = 2048

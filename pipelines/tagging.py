@@ -209,8 +209,9 @@ def _onednn_env(cfg: TagConfig) -> dict[str, str]:
     oneDNN (torch's CPU kernels) keeps up to 1,024 kernels with their memory, one per input
     shape, and fp32 batches are padded exactly, so nearly every batch brings a new shape: at
     16, the fp32 memory benchmark's peak at 10x went from 1.17x to 1.05x the 1x peak. bf16
-    batches are padded to 16 positions (a few shapes), and a 16-kernel cache made them 5 to 10%
-    slower (docs/BENCHMARKS.md). A value set in the environment wins.
+    batches are padded to a multiple of 8 positions (a few shapes); a 16-kernel cache made them
+    5 to 10% slower when they were padded to 16, and 64 kernels did not change their memory at
+    10x (1.086x; docs/BENCHMARKS.md). A value set in the environment wins.
     """
     if "ONEDNN_PRIMITIVE_CACHE_CAPACITY" in os.environ:
         return {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"]}
