@@ -31,26 +31,22 @@ sys.path.insert(0, ROOT)
 def batches(ids: list[list[int]], call_rows: int, multiple: int, max_tokens: int | None = None, per_batch: int = 64):
     """(input_ids, attention_mask) tensors as jobs.tag's CPU actor would make them for ``call_rows``-row calls.
 
-    The order and the cuts are ``ner_core.inference.length_batches``', which the actor's
-    ``WordTagger`` calls on CPU with at most 64 windows and ``--batch-tokens`` positions per batch.
+    The order and the cuts are ``ner_core.inference.length_batches``' and the padding is
+    ``ner_core.alignment.pad_windows``', as in the actor's ``WordTagger`` on CPU (at most 64
+    windows and ``--batch-tokens`` positions per batch).
     """
     import torch
 
+    from ner_core.alignment import Window, pad_windows
     from ner_core.inference import length_batches
 
+    windows = [Window(x, [1] * len(x), [None] * len(x), None, 0, 0) for x in ids]
     out = []
-    for start in range(0, len(ids), call_rows):
-        call = ids[start : start + call_rows]
-        for idx in length_batches([len(x) for x in call], per_batch, max_tokens, pad_to_multiple_of=multiple or None):
-            width = max(len(call[i]) for i in idx)
-            if multiple:
-                width = -(-width // multiple) * multiple
-            x = torch.zeros((len(idx), width), dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):
-                x[r, : len(call[i])] = torch.tensor(call[i])
-                mask[r, : len(call[i])] = 1
-            out.append((x, mask))
+    for start in range(0, len(windows), call_rows):
+        call = windows[start : start + call_rows]
+        for idx in length_batches([len(w.input_ids) for w in call], per_batch, max_tokens, pad_to_multiple_of=multiple or None):
+            batch = pad_windows([call[i] for i in idx], 0, multiple or None)
+            out.append((torch.tensor(batch["input_ids"]), torch.tensor(batch["attention_mask"])))
     return out
 
 
