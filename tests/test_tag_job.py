@@ -259,9 +259,9 @@ def test_the_actor_batches_forward_passes_as_the_command_line_says(tiny_tagger):
 
     model = check_model(str(tiny_tagger))
 
-    def actor(*argv: str) -> TagActor:
-        cfg = TagConfig(model=str(tiny_tagger), input="corpus/", output="tagged/", **dict(zip(argv[::2], argv[1::2])))
+    def actor(**settings) -> TagActor:
+        cfg = TagConfig(model=str(tiny_tagger), input="corpus/", output="tagged/", **settings)
         return TagActor(TagPlan.resolve(cfg, model.identity, model.max_positions, "jsonl"))
 
     assert actor().tagger.batching == (64, 2048, None)
-    assert actor("window_batch_size", 32, "batch_tokens", 512).tagger.batching == (32, 512, None)
+    assert actor(window_batch_size=32, batch_tokens=512).tagger.batching == (32, 512, None)
