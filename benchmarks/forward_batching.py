@@ -1,14 +1,15 @@
 """The model's forward passes alone, batched the ways jobs.tag could batch them: positions and seconds.
 
     .venv/bin/python benchmarks/forward_batching.py --model runs/conll-minilm-encoder-e1 --precision bf16 \
-        --modes 2048:16,2048:8,8192:8,20000:0,2048:8:2048
+        --modes 2048:8:2048,2048:o8:2048,2048:0:2048,20000:0
 
 Why: on CPU the tagging actor spends about 90% of a call in the forward pass, so the
 padding its batches carry is most of what it can win or lose against a bare loop. A mode
-``ROWS:MULTIPLE[:TOKENS]`` sorts the windows of each ``ROWS``-row slice by length (jobs.tag's
+``ROWS:PAD[:TOKENS]`` sorts the windows of each ``ROWS``-row slice by length (jobs.tag's
 ``--batch-size``: rows per actor call), cuts them into batches of 64 windows and at most
 ``TOKENS`` positions (jobs.tag's ``--batch-tokens``; none if left out) and pads each batch to
-a multiple of ``MULTIPLE`` positions (0: exact). ``20000:0`` on a 20,000-row corpus is the
+a multiple of ``PAD`` positions (0: exact), or, for ``PAD`` = ``oN``, to one of N lengths per
+doubling (``ner_core.alignment.padded_length``; ``o8`` is what bf16 actors on CPU do). ``20000:0`` on a 20,000-row corpus is the
 bare loop's batching (one global sort). All modes run in one process, alternating, for
 ``--rounds`` rounds, so the machine's drift hits them alike. The corpus is the one
 ``tag_vs_pipeline.py`` writes (raw text, split by jobs.tag's splitter, case markers as the
@@ -28,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def batches(ids: list[list[int]], call_rows: int, multiple: int, max_tokens: int | None = None, per_batch: int = 64):
+def batches(ids: list[list[int]], call_rows: int, pad: str, max_tokens: int | None = None, per_batch: int = 64):
     """(input_ids, attention_mask) tensors as jobs.tag's CPU actor would make them for ``call_rows``-row calls.
 
     The order and the cuts are ``ner_core.inference.length_batches``' and the padding is
@@ -40,12 +41,13 @@ def batches(ids: list[list[int]], call_rows: int, multiple: int, max_tokens: int
     from ner_core.alignment import Window, pad_windows
     from ner_core.inference import length_batches
 
+    padding = (None, int(pad[1:])) if pad.startswith("o") else (int(pad) or None, None)  # (multiple, lengths per octave)
     windows = [Window(x, [1] * len(x), [None] * len(x), None, 0, 0) for x in ids]
     out = []
     for start in range(0, len(windows), call_rows):
         call = windows[start : start + call_rows]
-        for idx in length_batches([len(w.input_ids) for w in call], per_batch, max_tokens, pad_to_multiple_of=multiple or None):
-            batch = pad_windows([call[i] for i in idx], 0, multiple or None)
+        for idx in length_batches([len(w.input_ids) for w in call], per_batch, max_tokens, None, *padding):
+            batch = pad_windows([call[i] for i in idx], 0, *padding)
             out.append((torch.tensor(batch["input_ids"]), torch.tensor(batch["attention_mask"])))
     return out
 
@@ -55,7 +57,7 @@ def main() -> None:
     ap.add_argument("--model", default="runs/conll-minilm-encoder-e5")
     ap.add_argument("--corpus", default="bench_out/corpus-mixed-20000", help="a folder of JSONL files (tag_vs_pipeline.py writes them)")
     ap.add_argument("--precision", default="bf16", help="none (fp32) or bf16 (weights cast, as jobs.tag on CPU)")
-    ap.add_argument("--modes", default="2048:8,2048:8:2048,2048:0,2048:0:2048,20000:0", help="ROWS:MULTIPLE[:TOKENS],...")
+    ap.add_argument("--modes", default="2048:8:2048,2048:o8:2048,2048:0:2048,20000:0", help="ROWS:PAD[:TOKENS],...")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
@@ -77,8 +79,8 @@ def main() -> None:
     ids = tok(docs, is_split_into_words=True, truncation=True, max_length=128)["input_ids"]
     for rnd in range(args.rounds):
         for mode in args.modes.split(","):
-            rows, multiple, *tokens = (int(x) for x in mode.split(":"))
-            prepared = batches(ids, rows, multiple, tokens[0] if tokens else None)
+            rows, pad, *tokens = mode.split(":")
+            prepared = batches(ids, int(rows), pad, int(tokens[0]) if tokens else None)
             start = time.time()
             with torch.inference_mode():
                 for x, mask in prepared:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ner_core.alignment import Window, encode_batch, merge_window_predictions, pad_windows
+from ner_core.alignment import Window, encode_batch, merge_window_predictions, pad_windows, padded_length
 from ner_core.labels import LabelMap, repair
 
 
@@ -43,13 +43,14 @@ class InferenceSettings:
     # shapes). On CPU every padded position is computed for nothing: with length-sorted
     # batches, exact padding made the tagging actor 12% faster on CoNLL sentences.
     pad_to_multiple_of: int | None = 8
-    # ... except for bf16 weights on CPU, where memory follows the input shapes (likely oneDNN
-    # keeping kernels per shape): with exact padding (a new length nearly every batch) the
-    # actor's heap grew from 901 to 1,288 MiB between a 5,000- and a 50,000-row run. A
-    # multiple of 8 bounds the shapes as 16 did (whole job at 10x: 1.11x the 1x peak, 1.17x
-    # with 16 in the same hour) and is 10% faster in jobs.tag (7,393 and 7,008 against 6,397
-    # and 6,545 words/s): a CoNLL sentence is about 23 subwords, and 16 rounded many up to 32.
-    cpu_bf16_pad_to_multiple_of: int | None = 8
+    # ... except for bf16 weights on CPU, where memory follows the input shapes: oneDNN keeps
+    # kernels per shape, about 2.7 MiB each here (123 new batch lengths grew a process from 418
+    # to 752 MiB), and with exact padding the actor's heap grew from 901 to 1,288 MiB between a
+    # 5,000- and a 50,000-row run. Lengths round up within octaves (``padded_length``): exact
+    # to 16 subwords, then 8 lengths per doubling, so a CoNLL corpus batches in 49 shapes
+    # (exact: 81) with 2% more positions than exact padding; rounding to a multiple of 8, the
+    # rule before, made 24 shapes but 15% more positions (a sentence is about 23 subwords).
+    cpu_bf16_lengths_per_octave: int | None = 8
     context_length: int = 0  # document-context subwords per side (see ner_core.alignment); the training run's
 
 
@@ -61,13 +62,18 @@ def _weights_dtype(model) -> torch.dtype | None:
 
 
 def length_batches(
-    lengths: Sequence[int], max_windows: int, max_tokens: int | None = None, max_padding: float | None = None, pad_to_multiple_of: int | None = None
+    lengths: Sequence[int],
+    max_windows: int,
+    max_tokens: int | None = None,
+    max_padding: float | None = None,
+    pad_to_multiple_of: int | None = None,
+    lengths_per_octave: int | None = None,
 ) -> list[list[int]]:
     """Window indices, shortest first, cut into forward-pass batches.
 
     A batch holds at most ``max_windows`` windows and ``max_tokens`` positions (its
-    windows times its padded length, which is the last window's, rounded up to
-    ``pad_to_multiple_of``), and closes early where the next window would pad more than
+    windows times its padded length, which is the last window's, rounded up as
+    ``ner_core.alignment.padded_length`` rounds it), and closes early where the next window would pad more than
     ``max_padding`` of its positions. Padding is measured on the exact lengths: rounding
     up to a multiple is paid whatever the cut.
     """
@@ -77,7 +83,7 @@ def length_batches(
     total = 0
     for i in order:
         length, n = lengths[i], len(batch) + 1
-        width = -(-length // pad_to_multiple_of) * pad_to_multiple_of if pad_to_multiple_of else length
+        width = padded_length(length, pad_to_multiple_of, lengths_per_octave)
         full = len(batch) >= max_windows or (max_tokens is not None and n * width > max_tokens)
         if batch and (full or (max_padding is not None and n * length - total - length > max_padding * n * length)):
             batches.append(batch)
@@ -114,11 +120,11 @@ class WordTagger:
         # and bf16 from a 910 to a 1,413 MiB peak at 20,000.
         if self.device.type == "cuda":
             self.batching = (settings.batch_size, settings.batch_tokens or settings.gpu_batch_tokens, settings.max_padding)
-            self.pad_to_multiple_of = settings.pad_to_multiple_of
+            self.padding = (settings.pad_to_multiple_of, None)  # (multiple, lengths per octave): ``padded_length``
         else:
             self.batching = (settings.batch_size, settings.batch_tokens or settings.cpu_batch_tokens, None)
             bf16 = _weights_dtype(self.model) == torch.bfloat16
-            self.pad_to_multiple_of = settings.cpu_bf16_pad_to_multiple_of if bf16 else None
+            self.padding = (None, settings.cpu_bf16_lengths_per_octave if bf16 else None)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -150,9 +156,9 @@ class WordTagger:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         with torch.inference_mode(), self._autocast():
             done = 0
-            for idx in length_batches([len(w.input_ids) for w in flat], *self.batching, self.pad_to_multiple_of):
+            for idx in length_batches([len(w.input_ids) for w in flat], *self.batching, *self.padding):
                 done += len(idx)
-                batch = pad_windows([flat[i] for i in idx], pad_id, self.pad_to_multiple_of)
+                batch = pad_windows([flat[i] for i in idx], pad_id, *self.padding)
                 input_ids = torch.tensor(batch["input_ids"], device=self.device)
                 mask = torch.tensor(batch["attention_mask"], device=self.device)
                 logits = self.model(input_ids=input_ids, attention_mask=mask).logits

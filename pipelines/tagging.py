@@ -204,18 +204,20 @@ def _run_pipeline(cfg: TagConfig, plan: TagPlan, store: OutputStore, pending: li
 
 
 def _onednn_env(cfg: TagConfig) -> dict[str, str]:
-    """The actors' oneDNN kernel cache: 16 kernels in fp32 on CPU, oneDNN's default otherwise.
+    """The size of the actors' oneDNN kernel cache on CPU: 16 kernels in fp32, 256 in bf16.
 
-    oneDNN (torch's CPU kernels) keeps up to 1,024 kernels with their memory, one per input
-    shape, and fp32 batches are padded exactly, so nearly every batch brings a new shape: at
-    16, the fp32 memory benchmark's peak at 10x went from 1.17x to 1.05x the 1x peak. bf16
-    batches are padded to a multiple of 8 positions (a few shapes); a 16-kernel cache made them
-    5 to 10% slower when they were padded to 16, and 64 kernels did not change their memory at
-    10x (1.086x; docs/BENCHMARKS.md). A value set in the environment wins.
+    oneDNN (torch's CPU kernels) keeps up to 1,024 kernels with their memory, made per input
+    shape. fp32 batches are padded exactly, so nearly every batch brings a new shape: at 16,
+    the fp32 memory benchmark's peak at 10x went from 1.17x to 1.05x the 1x peak, at the same
+    speed. bf16 kernels cost more to make (about 4 ms a shape) and more memory (about 2.7 MiB
+    a shape); its batches come in a few dozen lengths (``ner_core.alignment.padded_length``),
+    whose kernels 256 holds, while the shapes that come once (the last batch of a call) are
+    dropped instead of adding up over a long run. A value set in the environment wins.
     """
     if "ONEDNN_PRIMITIVE_CACHE_CAPACITY" in os.environ:
         return {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"]}
-    return {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16"} if precision(cfg) == "fp32" and not cfg.gpus_per_actor else {}
+    capacity = None if cfg.gpus_per_actor else {"fp32": "16", "bf16": "256"}.get(precision(cfg))
+    return {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": capacity} if capacity else {}
 
 
 def _commit_loop(store: OutputStore, stop: threading.Event, every_s: float) -> None:

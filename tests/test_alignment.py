@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ner_core.alignment import IGNORE_INDEX, encode_batch, encode_words, merge_window_predictions, pad_windows
+from ner_core.alignment import IGNORE_INDEX, encode_batch, encode_words, merge_window_predictions, pad_windows, padded_length
 
 
 def _first_subword_labels(window):
@@ -97,6 +97,18 @@ def test_pad_windows(tokenizer):
     assert [len(r) for r in batch["input_ids"]] == [8, 8]
     assert batch["attention_mask"][0] == [1, 1, 1, 0, 0, 0, 0, 0]
     assert batch["labels"][0][3:] == [IGNORE_INDEX] * 5
+    # bf16 on CPU: a few lengths per doubling, so a long run batches in a few dozen shapes
+    assert [len(r) for r in pad_windows(windows, tokenizer.pad_token_id, lengths_per_octave=8)["input_ids"]] == [5, 5]
+
+
+def test_padded_lengths_come_in_a_few_shapes_per_doubling_and_pad_little():
+    exact = range(1, 513)
+    rounded = [padded_length(n, lengths_per_octave=8) for n in exact]
+    assert rounded[:16] == list(range(1, 17))  # short windows stay exact
+    assert [padded_length(n, lengths_per_octave=8) for n in (17, 23, 33, 100, 128, 129)] == [18, 24, 36, 104, 128, 144]
+    assert all(r >= n and (r - n) <= n / 8 for n, r in zip(exact, rounded))  # never more than an eighth of padding
+    assert len(set(rounded)) == 16 + 8 * 5  # 1..16, then 8 lengths in each of 17-32, 33-64, ..., 257-512
+    assert padded_length(23, pad_to_multiple_of=8) == 24 and padded_length(23) == 23
 
 
 def test_document_context_is_read_but_never_labelled(tokenizer):

@@ -59,8 +59,8 @@ def test_bf16_inference_on_cpu_casts_the_weights_once_instead_of_autocasting(tin
 
 
 def test_bf16_weights_on_cpu_pad_batches_to_a_few_shapes_with_the_same_labels(tiny_dirs, tokenizer):
-    # A bf16 actor's heap grew with every new batch length under exact padding (likely oneDNN
-    # keeping kernels per shape); padding to 8 positions bounds the shapes (fp32 stays exact).
+    # A bf16 actor's heap grew with every new batch length under exact padding (oneDNN keeps
+    # kernels per shape); lengths rounded within octaves bound the shapes (fp32 stays exact).
     from ner_core.inference import InferenceSettings, WordTagger
     from ner_core.precision import for_inference
     from transformers import AutoModelForTokenClassification
@@ -69,10 +69,10 @@ def test_bf16_weights_on_cpu_pad_batches_to_a_few_shapes_with_the_same_labels(ti
     cast, _ = for_inference(load(), "bf16", "cpu")
     docs = [["word"] * n for n in (3, 7, 11, 19, 23)]
     padded = WordTagger(cast, tokenizer, InferenceSettings(batch_size=1))
-    exact = WordTagger(cast, tokenizer, InferenceSettings(batch_size=1, cpu_bf16_pad_to_multiple_of=None))
-    assert padded.pad_to_multiple_of == 8 and exact.pad_to_multiple_of is None
+    exact = WordTagger(cast, tokenizer, InferenceSettings(batch_size=1, cpu_bf16_lengths_per_octave=None))
+    assert padded.padding == (None, 8) and exact.padding == (None, None)
     fp32 = WordTagger(load(), tokenizer, InferenceSettings(batch_size=256))
-    assert fp32.pad_to_multiple_of is None  # fp32 on CPU: exact
+    assert fp32.padding == (None, None)  # fp32 on CPU: exact
     # the same goes for the batches: on CPU at most so many windows and positions, whatever
     # the precision, and never cut by padding share (GPU only: ner_core.inference.length_batches)
     assert WordTagger(cast, tokenizer, InferenceSettings(batch_size=256)).batching == (256, 2048, None)

@@ -265,3 +265,17 @@ def test_the_actor_batches_forward_passes_as_the_command_line_says(tiny_tagger):
 
     assert actor().tagger.batching == (64, 2048, None)
     assert actor(window_batch_size=32, batch_tokens=512).tagger.batching == (32, 512, None)
+
+
+def test_cpu_actors_keep_a_bounded_kernel_cache_unless_the_environment_sets_one(monkeypatch):
+    # oneDNN keeps kernels (and their memory) per input shape: CPU actors keep a few, by precision
+    from pipelines.tag_config import TagConfig
+    from pipelines.tagging import _onednn_env
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    cache = lambda **settings: _onednn_env(TagConfig(model="m", input="in/", output="out/", **settings))  # noqa: E731
+    assert cache() == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16"}  # fp32, CPU's default
+    assert cache(mixed_precision="bf16") == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "256"}
+    assert cache(gpus_per_actor=1) == {}  # GPU actors: oneDNN's own default
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+    assert cache(mixed_precision="bf16") == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"}
