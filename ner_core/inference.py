@@ -72,10 +72,10 @@ def length_batches(
     """Window indices, shortest first, cut into forward-pass batches.
 
     A batch holds at most ``max_windows`` windows and ``max_tokens`` positions (its
-    windows times its padded length, which is the last window's, rounded up as
-    ``ner_core.alignment.padded_length`` rounds it), and closes early where the next window would pad more than
-    ``max_padding`` of its positions. Padding is measured on the exact lengths: rounding
-    up to a multiple is paid whatever the cut.
+    windows times its padded length: the last window's, rounded up by
+    ``ner_core.alignment.padded_length``), and closes early where the next window would
+    pad more than ``max_padding`` of its positions. Padding is measured on the exact
+    lengths: the rounding is paid whatever the cut.
     """
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     batches: list[list[int]] = []

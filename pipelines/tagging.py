@@ -209,10 +209,12 @@ def _onednn_env(cfg: TagConfig) -> dict[str, str]:
     oneDNN (torch's CPU kernels) keeps up to 1,024 kernels with their memory, made per input
     shape. fp32 batches are padded exactly, so nearly every batch brings a new shape: at 16,
     the fp32 memory benchmark's peak at 10x went from 1.17x to 1.05x the 1x peak, at the same
-    speed. bf16 kernels cost more to make (about 4 ms a shape) and more memory (about 2.7 MiB
+    speed. bf16 kernels cost more to make (about 5 ms a shape) and more memory (about 2.7 MiB
     a shape); its batches come in a few dozen lengths (``ner_core.alignment.padded_length``),
-    whose kernels 256 holds, while the shapes that come once (the last batch of a call) are
-    dropped instead of adding up over a long run. A value set in the environment wins.
+    whose kernels 256 holds, and 256 bounds what the shapes that come once (the last batch of
+    a call) can add over a long run. (At 50,000 rows the bound did not show yet: the bf16 peak
+    at 10x was 1.073x the 1x peak with 256 and 1.068x with the default; docs/BENCHMARKS.md.)
+    A value set in the environment wins.
     """
     if "ONEDNN_PRIMITIVE_CACHE_CAPACITY" in os.environ:
         return {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"]}
