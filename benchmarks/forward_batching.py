@@ -9,11 +9,12 @@ padding its batches carry is most of what it can win or lose against a bare loop
 ``--batch-size``: rows per actor call), cuts them into batches of 64 windows and at most
 ``TOKENS`` positions (jobs.tag's ``--batch-tokens``; none if left out) and pads each batch to
 a multiple of ``PAD`` positions (0: exact), or, for ``PAD`` = ``oN``, to one of N lengths per
-doubling (``ner_core.alignment.padded_length``; ``o8`` is what bf16 actors on CPU do). ``20000:0`` on a 20,000-row corpus is the
-bare loop's batching (one global sort). All modes run in one process, alternating, for
-``--rounds`` rounds, so the machine's drift hits them alike. The corpus is the one
-``tag_vs_pipeline.py`` writes (raw text, split by jobs.tag's splitter, case markers as the
-model was trained with, truncated at 128 subwords); tokenizing and batching are off the clock.
+doubling (``ner_core.alignment.padded_length``; ``o8`` is what bf16 actors on CPU do).
+``20000:0`` on a 20,000-row corpus is the bare loop's batching (one global sort). All modes
+run in one process, alternating, for ``--rounds`` rounds, so the machine's drift hits them
+alike (and they share one oneDNN kernel cache). The corpus is the one ``tag_vs_pipeline.py``
+writes (raw text, split by jobs.tag's splitter, case markers as the model was trained with,
+truncated at 128 subwords); tokenizing and batching are off the clock.
 """
 
 from __future__ import annotations
