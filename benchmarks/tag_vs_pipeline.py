@@ -24,6 +24,11 @@ machine, in this run, each in its own process:
   apart as ``seconds_total``).
 
 Each precision's jobs.tag is read against the bare loop at the same precision.
+``--only floor`` times the bare loop and jobs.tag, alternating, on a model too small to
+cost anything (``floor_model``): what is left is what the job adds around any model
+(Ray's actor start, reading, writing, accounting) on this machine. ``--only loop-vs-job
+--floor`` adds it to the loop-against-job run and prints, per precision, the best ratio
+it leaves: the loop's time over the loop's time plus the floor's.
 Memory, in two runs of their own (sampling costs CPU, so the timed runs are not
 sampled): the summed PSS (shared pages split between the processes that map them,
 so a page is counted once) of the whole process tree (driver, Ray's daemons,
@@ -233,6 +238,32 @@ print(json.dumps({"precision": precision, "sentences": len(docs), "words": words
 """
 
 
+def floor_model(model: str, folder: str) -> str:
+    """``model``'s tokenizer and labels on one 16-wide layer: its forward pass costs next to nothing.
+
+    Saved the way a trained tagger is (``save_pretrained``), so jobs.tag and the bare loop load
+    it as they load ``model``, case markers included. It tags every word ``O`` (random labels
+    would make entity spans on every row, which real text does not have).
+    """
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, BertConfig, BertForTokenClassification
+
+    if not os.path.isdir(folder):
+        config = AutoConfig.from_pretrained(model)
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        tiny = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=1, intermediate_size=16,
+                          max_position_embeddings=config.max_position_embeddings, id2label=config.id2label, label2id=config.label2id)  # fmt: skip
+        floor = BertForTokenClassification(tiny)
+        with torch.no_grad():  # every word "O", as most words of real text are: no entity spans to write
+            floor.classifier.weight.zero_()
+            floor.classifier.bias.zero_()
+            floor.classifier.bias[config.label2id.get("O", 0)] = 1.0
+        floor.save_pretrained(folder + ".tmp")
+        tokenizer.save_pretrained(folder + ".tmp")
+        os.rename(folder + ".tmp", folder)
+    return folder
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="runs/conll-minilm-encoder-e5")
@@ -250,8 +281,11 @@ def main() -> None:
     ap.add_argument("--tag-args", default="--actors 1 --cpus-per-actor 1", help="jobs.tag resources (plus --torch-threads from --threads)")
     ap.add_argument("--precisions", default="fp32", help="--only loop-vs-job: the precisions to time, comma-separated (fp32, bf16)")
     ap.add_argument("--pipeline-sentences", type=int, default=0, help="--only loop-vs-job: also time the pipeline (batch 8) on this many sentences, for the vs-pipeline ratios")
-    ap.add_argument("--only", choices=("all", "speed", "memory", "loop-vs-job"), default="all",
-                    help="the speed comparison, the memory comparison, both, or just jobs.tag against the bare loop in fp32 (for a large --sentences)")  # fmt: skip
+    ap.add_argument("--floor", action="store_true", help="--only loop-vs-job: also time the floor (below), and print the best ratio it leaves each precision")
+    ap.add_argument("--floor-repeats", type=int, default=3, help="runs of the bare loop and of jobs.tag on the floor model, alternating")
+    ap.add_argument("--only", choices=("all", "speed", "memory", "loop-vs-job", "floor"), default="all",
+                    help="the speed comparison, the memory comparison, both, just jobs.tag against the bare loop "
+                         "(for a large --sentences), or both on a model too small to cost anything (floor_model)")  # fmt: skip
     args = ap.parse_args()
 
     env = child_env()
@@ -332,13 +366,44 @@ def main() -> None:
             show("pipeline", json.loads(out.strip().splitlines()[-1]))
             timed = [f"{kind}_{p}" for p in precisions for kind in ("bare_loop", "jobs_tag")]
             results["vs_pipeline"] = {name: round(results[name]["words_per_s"] / results["pipeline"]["words_per_s"], 2) for name in timed}
+    if args.only == "floor" or (args.only == "loop-vs-job" and args.floor):
+        # What jobs.tag costs beyond the model: the loop and the job on a model whose forward
+        # pass is next to free, alternating. Job seconds less the loop's (its start-up on its
+        # clock too) is the time the product adds around any model on this machine.
+        tiny = floor_model(args.model, os.path.join(args.out, "floor-model"))
+        loops, jobs = [], []
+        for _ in range(args.floor_repeats):
+            _, _, out = run_measured([sys.executable, "-c", BARE_LOOP_CHILD, tiny, corpus, threads, "fp32", str(args.max_length)], env)
+            loops.append(json.loads(out.strip().splitlines()[-1]))
+            cmd = jobs_tag_command(tiny, corpus, os.path.join(args.out, "tagged-floor"), args.max_length, threads, [*args.tag_args.split(), "--mixed-precision", "none"])
+            secs, _, _ = run_measured(cmd, env)
+            run = json.load(open(os.path.join(args.out, "tagged-floor", "_manifest.json")))["this_run"]
+            jobs.append({"seconds": run["seconds"], "startup_s": run["startup_s"], "seconds_total": round(secs, 1)})
+            print("floor loop", json.dumps(loops[-1]), "job", json.dumps(jobs[-1]), flush=True)
+        median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+        loop_s, loop_start = median([r["seconds"] for r in loops]), median([r["startup_s"] for r in loops])
+        job_s, job_start = median([r["seconds"] for r in jobs]), median([r["startup_s"] for r in jobs])
+        show("floor", {"loops": loops, "jobs": jobs, "loop_seconds": round(loop_s, 2), "loop_startup_s": round(loop_start, 2),
+                       "job_seconds": job_s, "job_startup_s": job_start,
+                       "job_beyond_loop_s": round(job_s - loop_s - loop_start, 2)})  # fmt: skip
+        if args.only == "loop-vs-job":
+            # If the model's work took no longer in the job than in the loop, jobs.tag would take the
+            # loop's time (start-up included) plus the floor's: the best ratio this machine allows.
+            beyond = results["floor"]["job_beyond_loop_s"]
+            results["jobs_tag_vs_bare_loop_with_startup_at_best"] = {
+                p: round((loop := results[f"bare_loop_{p}"]["seconds"] + results[f"bare_loop_{p}"]["startup_s"]) / (loop + beyond), 3)
+                for p in args.precisions.split(",")
+            }
     if args.only in ("all", "memory"):
         mem_flags = precision_flags(args.memory_precision)
         show("memory_1x", jobs_tag("memory-1x", sizes["memory_1x"], mem_flags, memory=True))
         show("memory_scaled", jobs_tag("memory-scaled", sizes["scaled"], mem_flags, memory=True))
 
         results["peak_pss_scaled_vs_1x"] = round(results["memory_scaled"]["peak_tree_pss"] / results["memory_1x"]["peak_tree_pss"], 3)
-    print(json.dumps({k: results[k] for k in ("vs_pipeline", "jobs_tag_vs_bare_loop", "jobs_tag_vs_bare_loop_with_startup", "peak_pss_scaled_vs_1x") if k in results}, indent=2))
+    summary = ("vs_pipeline", "jobs_tag_vs_bare_loop", "jobs_tag_vs_bare_loop_with_startup", "jobs_tag_vs_bare_loop_with_startup_at_best", "peak_pss_scaled_vs_1x")
+    if "floor" in results:
+        print("floor", json.dumps({k: v for k, v in results["floor"].items() if k not in ("loops", "jobs")}))
+    print(json.dumps({k: results[k] for k in summary if k in results}, indent=2))
     with open(os.path.join(args.out, f"tag_vs_pipeline{'' if args.only == 'all' else '_' + args.only}.json"), "w") as fh:
         json.dump(results, fh, indent=2)
 
