@@ -40,6 +40,7 @@ Writes ``bench_out/tag_vs_pipeline.json``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import os
@@ -47,6 +48,7 @@ import subprocess
 import sys
 import threading
 import time
+from statistics import median_low
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -370,7 +372,7 @@ def main() -> None:
         # What jobs.tag costs beyond the model: the loop and the job on a model whose forward
         # pass is next to free, alternating. Job seconds less the loop's (its start-up on its
         # clock too) is the time the product adds around any model on this machine.
-        tiny = floor_model(args.model, os.path.join(args.out, "floor-model"))
+        tiny = floor_model(args.model, os.path.join(args.out, f"floor-model-{hashlib.sha1(os.path.abspath(args.model).encode()).hexdigest()[:8]}"))
         loops, jobs = [], []
         for _ in range(args.floor_repeats):
             _, _, out = run_measured([sys.executable, "-c", BARE_LOOP_CHILD, tiny, corpus, threads, "fp32", str(args.max_length)], env)
@@ -380,9 +382,8 @@ def main() -> None:
             run = json.load(open(os.path.join(args.out, "tagged-floor", "_manifest.json")))["this_run"]
             jobs.append({"seconds": run["seconds"], "startup_s": run["startup_s"], "seconds_total": round(secs, 1)})
             print("floor loop", json.dumps(loops[-1]), "job", json.dumps(jobs[-1]), flush=True)
-        median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-        loop_s, loop_start = median([r["seconds"] for r in loops]), median([r["startup_s"] for r in loops])
-        job_s, job_start = median([r["seconds"] for r in jobs]), median([r["startup_s"] for r in jobs])
+        loop_s, loop_start = median_low(r["seconds"] for r in loops), median_low(r["startup_s"] for r in loops)
+        job_s, job_start = median_low(r["seconds"] for r in jobs), median_low(r["startup_s"] for r in jobs)
         show("floor", {"loops": loops, "jobs": jobs, "loop_seconds": round(loop_s, 2), "loop_startup_s": round(loop_start, 2),
                        "job_seconds": job_s, "job_startup_s": job_start,
                        "job_beyond_loop_s": round(job_s - loop_s - loop_start, 2)})  # fmt: skip
@@ -403,7 +404,8 @@ def main() -> None:
     summary = ("vs_pipeline", "jobs_tag_vs_bare_loop", "jobs_tag_vs_bare_loop_with_startup", "jobs_tag_vs_bare_loop_with_startup_at_best", "peak_pss_scaled_vs_1x")
     if "floor" in results:
         print("floor", json.dumps({k: v for k, v in results["floor"].items() if k not in ("loops", "jobs")}))
-    print(json.dumps({k: results[k] for k in summary if k in results}, indent=2))
+    if any(k in results for k in summary):
+        print(json.dumps({k: results[k] for k in summary if k in results}, indent=2))
     with open(os.path.join(args.out, f"tag_vs_pipeline{'' if args.only == 'all' else '_' + args.only}.json"), "w") as fh:
         json.dump(results, fh, indent=2)
 
