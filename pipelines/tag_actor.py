@@ -13,6 +13,7 @@ must not cost the batch) is retried alone and becomes an error row.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 
@@ -29,6 +30,16 @@ class TagActor:
     """Holds one model; tags the windows of a batch of rows in length-sorted forward passes."""
 
     def __init__(self, plan: TagPlan, progress=None):
+        # The model is loaded and run on one thread of the actor's own. Ray Data calls the
+        # actor from another thread than the one that runs __init__, and every thread that runs
+        # torch's CPU kernels gets an OpenMP team of its own: two teams of 2 threads on 2 cores
+        # made OpenMP (libgomp) stop spinning at its barriers and sleep instead, about 1,400
+        # times a second per thread in jobs.tag (9 times in 15 s on one thread), and the actor
+        # used 1.5 of the 2 cores instead of 1.7 (docs/BENCHMARKS.md).
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="tag-model")
+        self._model_thread.submit(self._load, plan, progress).result()
+
+    def _load(self, plan: TagPlan, progress) -> None:
         import torch
 
         from ner_core.inference import InferenceSettings, WordTagger
@@ -64,11 +75,9 @@ class TagActor:
         return on_batch
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        import torch  # here, not at the top: the driver imports this module and never runs the model
+        return self._model_thread.submit(self._tag, batch).result()
 
-        # Ray Data calls this from its own worker thread, not the one that ran __init__, and
-        # torch's thread count is per calling thread: set it where the model runs.
-        torch.set_num_threads(self.plan.torch_threads)
+    def _tag(self, batch: pa.Table) -> pa.Table:
         rows = prepare(batch, self.plan) if self.plan.preprocess_in_actor else from_columns(batch)
         errors, raws, docs = rows.errors, rows.raws, rows.docs
         good = rows.good()

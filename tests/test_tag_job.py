@@ -267,6 +267,39 @@ def test_the_actor_batches_forward_passes_as_the_command_line_says(tiny_tagger):
     assert actor(window_batch_size=32, batch_tokens=512).tagger.batching == (32, 512, None)
 
 
+def test_the_actor_loads_and_runs_the_model_on_one_thread_whichever_thread_calls_it(tiny_tagger):
+    # Ray Data calls an actor from another thread than the one that built it. Every thread that
+    # runs torch's CPU kernels gets an OpenMP team of its own, and two teams on the actor's cores
+    # made OpenMP sleep at its barriers instead of spinning: the model stays on one thread, with
+    # the actor's --torch-threads.
+    import threading
+
+    import torch
+
+    from pipelines.tag_actor import TagActor
+    from pipelines.tag_config import TagConfig, TagPlan
+    from pipelines.tag_input import ERROR, RAW, ROW, SRC, jsonl_block
+    from pipelines.tag_model import check_model
+
+    model = check_model(str(tiny_tagger))
+    cfg = TagConfig(model=str(tiny_tagger), input="corpus/", output="tagged/", torch_threads=1)
+    actor = TagActor(TagPlan.resolve(cfg, model.identity, model.max_positions, "jsonl"))
+    forward_passes = []
+    actor.tagger.model.register_forward_pre_hook(lambda *_: forward_passes.append((threading.get_ident(), torch.get_num_threads())))
+    rows = [{"text": text, SRC: "a_b.jsonl", ROW: i, ERROR: None, RAW: None} for i, text in enumerate(["Alice Smith flew to New York.", "AT&T won 2-1."])]
+
+    tagged = []
+    callers = [threading.Thread(target=lambda: tagged.append(actor(jsonl_block(rows, "text", False)))) for _ in range(2)]
+    for caller in callers:
+        caller.start()
+        caller.join()
+
+    assert tagged[0].column("labels").to_pylist() == tagged[1].column("labels").to_pylist()
+    assert len(forward_passes) >= 2 and {threads for _, threads in forward_passes} == {1}
+    assert len({thread for thread, _ in forward_passes}) == 1
+    assert forward_passes[0][0] not in {threading.get_ident(), *(c.ident for c in callers)}
+
+
 def test_cpu_actors_keep_a_bounded_kernel_cache_unless_the_environment_sets_one(monkeypatch):
     # oneDNN keeps kernels (and their memory) per input shape: CPU actors keep a few, by precision
     from pipelines.tag_config import TagConfig
