@@ -33,9 +33,9 @@ class TagActor:
         # The model is loaded and run on one thread of the actor's own. Ray Data calls the
         # actor from another thread than the one that runs __init__, and every thread that runs
         # torch's CPU kernels gets an OpenMP team of its own: two teams of 2 threads on 2 cores
-        # made OpenMP (libgomp) stop spinning at its barriers and sleep instead, about 1,400
-        # times a second per thread in jobs.tag (9 times in 15 s on one thread), and the actor
-        # used 1.5 of the 2 cores instead of 1.7 (docs/BENCHMARKS.md).
+        # made OpenMP (libgomp) stop spinning at its barriers and sleep instead: about 1,400
+        # times a second per thread in jobs.tag, against 9 times in 15 s with one thread, and
+        # the actor used 1.5 of the 2 cores instead of 1.7 (docs/BENCHMARKS.md).
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="tag-model")
         self._model_thread.submit(self._load, plan, progress).result()
 
