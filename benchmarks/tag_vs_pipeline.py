@@ -306,9 +306,13 @@ def main() -> None:
         results[name] = value
         print(name, json.dumps(value), flush=True)
 
-    def jobs_tag(name: str, n: int, flags: list[str], memory: bool = False) -> dict:
+    def bare_loop(precision: str, model: str = args.model) -> dict:
+        _, _, out = run_measured([sys.executable, "-c", BARE_LOOP_CHILD, model, corpus, threads, precision, str(args.max_length)], env)
+        return json.loads(out.strip().splitlines()[-1])
+
+    def jobs_tag(name: str, n: int, flags: list[str], memory: bool = False, model: str = args.model) -> dict:
         out_dir = os.path.join(args.out, f"tagged-{name}")
-        cmd = jobs_tag_command(args.model, corpus_dir(args.out, n), out_dir, args.max_length, threads, [*args.tag_args.split(), *flags])
+        cmd = jobs_tag_command(model, corpus_dir(args.out, n), out_dir, args.max_length, threads, [*args.tag_args.split(), *flags])
         secs, peak, _ = run_measured(cmd, env, memory)
         manifest = json.load(open(os.path.join(out_dir, "_manifest.json")))
         run = manifest["this_run"]
@@ -327,8 +331,7 @@ def main() -> None:
         show("pipeline", {**json.loads(out.strip().splitlines()[-1]), "trials": trials})
 
         for precision in ("fp32", "bf16"):
-            _, _, out = run_measured([sys.executable, "-c", BARE_LOOP_CHILD, args.model, corpus, threads, precision, str(args.max_length)], env)
-            show(f"bare_loop_{precision}", json.loads(out.strip().splitlines()[-1]))
+            show(f"bare_loop_{precision}", bare_loop(precision))
 
         show("jobs_tag_fp32", jobs_tag("fp32", sizes["1x"], ["--mixed-precision", "none"]))
         # where windows are made: in the actor (the CPU default) or in Ray Data tasks beside it
@@ -352,8 +355,7 @@ def main() -> None:
         # pipeline run would take 10 minutes on 2 cores).
         precisions = args.precisions.split(",")
         for precision in precisions:
-            _, _, out = run_measured([sys.executable, "-c", BARE_LOOP_CHILD, args.model, corpus, threads, precision, str(args.max_length)], env)
-            show(f"bare_loop_{precision}", json.loads(out.strip().splitlines()[-1]))
+            show(f"bare_loop_{precision}", bare_loop(precision))
             show(f"jobs_tag_{precision}", jobs_tag(precision, sizes["1x"], precision_flags(precision)))
         results["jobs_tag_vs_bare_loop"] = {p: round(results[f"jobs_tag_{p}"]["words_per_s"] / results[f"bare_loop_{p}"]["words_per_s"], 3) for p in precisions}
         # both clocks from the same line: the loop's own start-up (imports, model load) counted as
@@ -375,15 +377,11 @@ def main() -> None:
         tiny = floor_model(args.model, os.path.join(args.out, f"floor-model-{hashlib.sha1(os.path.abspath(args.model).encode()).hexdigest()[:8]}"))
         loops, jobs = [], []
         for _ in range(args.floor_repeats):
-            _, _, out = run_measured([sys.executable, "-c", BARE_LOOP_CHILD, tiny, corpus, threads, "fp32", str(args.max_length)], env)
-            loops.append(json.loads(out.strip().splitlines()[-1]))
-            cmd = jobs_tag_command(tiny, corpus, os.path.join(args.out, "tagged-floor"), args.max_length, threads, [*args.tag_args.split(), "--mixed-precision", "none"])
-            secs, _, _ = run_measured(cmd, env)
-            run = json.load(open(os.path.join(args.out, "tagged-floor", "_manifest.json")))["this_run"]
-            jobs.append({"seconds": run["seconds"], "startup_s": run["startup_s"], "seconds_total": round(secs, 1)})
+            loops.append(bare_loop("fp32", model=tiny))
+            jobs.append(jobs_tag("floor", sizes["1x"], precision_flags("fp32"), model=tiny))
             print("floor loop", json.dumps(loops[-1]), "job", json.dumps(jobs[-1]), flush=True)
         loop_s, loop_start = median_low(r["seconds"] for r in loops), median_low(r["startup_s"] for r in loops)
-        job_s, job_start = median_low(r["seconds"] for r in jobs), median_low(r["startup_s"] for r in jobs)
+        job_s, job_start = median_low(r["job_seconds"] for r in jobs), median_low(r["startup_s"] for r in jobs)
         show("floor", {"loops": loops, "jobs": jobs, "loop_seconds": round(loop_s, 2), "loop_startup_s": round(loop_start, 2),
                        "job_seconds": job_s, "job_startup_s": job_start,
                        "job_beyond_loop_s": round(job_s - loop_s - loop_start, 2)})  # fmt: skip
