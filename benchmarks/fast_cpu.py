@@ -1,4 +1,4 @@
-"""CPU inference engines side by side: HF's pipeline, a bare torch loop and ``WordTagger`` per ``--runtime``.
+"""CPU inference engines side by side: HF's pipeline, a bare torch loop and ``Predictor`` per ``--runtime``.
 
     .venv/bin/python benchmarks/fast_cpu.py --sentences 1000 --threads 2
 
@@ -10,15 +10,15 @@ CoNLL-2003 dev sentences, in this one process, with the same model:
   the best is the 1.00x reference.
 - **bare loop**: fast tokenizer on the words, windows sorted by length, batches of 64,
   forward, argmax: what the model costs with nothing around it (tokenisation included).
-- **WordTagger, runtime R**: the path of ``jobs.evaluate`` and the ``jobs.tag`` actor
+- **Predictor, runtime R**: the path of ``jobs.evaluate`` and the ``jobs.tag`` actor
   (windows, length-sorted batches of 64, word labels), model from ``load_runtime(dir, R)``.
   The ONNX export/quantisation happens before the clock starts (it is cached on disk).
-- **WordTagger, torch + bf16 autocast** (``--mixed-precision bf16``) for reference: fast only
+- **Predictor, torch + bf16 autocast** (``--mixed-precision bf16``) for reference: fast only
   on CPUs with native bf16 (AVX512-BF16 / AMX).
 
 The model is the packaged all-MiniLM-L6-v2 as an encoder-only tagger with a random 9-way
 head (seeded): speed does not depend on trained weights. Agreement is the share of words
-whose label equals the torch fp32 WordTagger's; with a random head many words sit near a
+whose label equals the torch fp32 Predictor's; with a random head many words sit near a
 tie between labels, so this understates what a trained model keeps (score F1 with
 ``jobs.evaluate --runtime R`` on a trained model for that). Each contender runs
 ``--rounds`` times, interleaved with the others so load on a shared machine hits them
@@ -106,7 +106,8 @@ def main() -> None:
 
     from transformers import pipeline
 
-    from ner_core.inference import InferenceSettings, WordTagger
+    from ner_core.inference import InferenceSettings
+    from ner_core.predictor import Predictor
     from ner_core.runtime import load_runtime
     from ner_core.tagger import load_tagger, load_tokenizer
 
@@ -130,11 +131,11 @@ def main() -> None:
     taggers = {}
     for rt in args.runtimes.split(","):
         t0 = time.perf_counter()
-        taggers[rt] = WordTagger(load_runtime(model_dir, rt, threads=args.threads), tokenizer, settings)
+        taggers[rt] = Predictor(load_runtime(model_dir, rt, threads=args.threads), tokenizer, settings)
         print(f"loaded runtime {rt} in {time.perf_counter() - t0:.1f} s (export/quantisation on first use, then cached)", flush=True)
-        contenders[f"WordTagger, --runtime {rt}"] = lambda t=taggers[rt]: t.predict_ids(docs)
-    bf16 = WordTagger(torch_model, tokenizer, settings, autocast_dtype=torch.bfloat16)
-    contenders["WordTagger, --runtime torch --mixed-precision bf16"] = lambda: bf16.predict_ids(docs)
+        contenders[f"Predictor, --runtime {rt}"] = lambda t=taggers[rt]: t.predict_ids(docs)
+    bf16 = Predictor(torch_model, tokenizer, settings, autocast_dtype=torch.bfloat16)
+    contenders["Predictor, --runtime torch --mixed-precision bf16"] = lambda: bf16.predict_ids(docs)
 
     runs: dict[str, list[dict]] = {name: [] for name in contenders}
     for r in range(args.rounds):
@@ -148,11 +149,11 @@ def main() -> None:
     best = {name: max(ms, key=lambda m: m[args.clock]) for name, ms in runs.items()}
     ref_name = max((n for n in best if n.startswith("pipeline")), key=lambda n: best[n][args.clock])
     ref = best[ref_name][args.clock]
-    base = best["WordTagger, --runtime torch"]["result"] if "WordTagger, --runtime torch" in best else None
+    base = best["Predictor, --runtime torch"]["result"] if "Predictor, --runtime torch" in best else None
     rows = []
     for name, m in best.items():
         agree = None
-        if name.startswith("WordTagger") and base is not None:
+        if name.startswith("Predictor") and base is not None:
             pred = m["result"]
             agree = sum(a == b for x, y in zip(base, pred) for a, b in zip(x, y)) / words
         rows.append({"contender": name, "words_per_s": round(m["words_per_s"]), "words_per_cpu_s": round(m["words_per_cpu_s"]), "vs_pipeline": round(m[args.clock] / ref, 2), "seconds": round(m["seconds"], 2), "cpu_seconds": round(m["cpu_seconds"], 2), "load": m["load"], "agreement_with_torch": agree})

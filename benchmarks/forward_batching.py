@@ -34,7 +34,7 @@ def batches(ids: list[list[int]], call_rows: int, pad: str, max_tokens: int | No
     """(input_ids, attention_mask) tensors as jobs.tag's CPU actor would make them for ``call_rows``-row calls.
 
     The order and the cuts are ``ner_core.inference.length_batches``' and the padding is
-    ``ner_core.alignment.pad_windows``', as in the actor's ``WordTagger`` on CPU (at most 64
+    ``ner_core.alignment.pad_windows``', as in the actor's ``Predictor`` on CPU (at most 64
     windows and ``--batch-tokens`` positions per batch).
     """
     import torch

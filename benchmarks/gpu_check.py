@@ -9,7 +9,7 @@ What it measures, each phase with the GPU's mean utilisation (nvidia-smi sampled
    windows of 128, length-grouped batches of 32, AdamW, bf16 autocast), the same steps a
    Ray Train worker runs (``pipelines.training``), in one process: tokens/s.
 2. **Tagging**: 200,000 CoNLL sentences as raw text (``join_naturally``), split and
-   tagged through ``document_from_text`` + ``WordTagger`` (what a tagging actor runs) in
+   tagged through ``document_from_text`` + ``Predictor`` (what a tagging actor runs) in
    fp32 and bf16 autocast: words/s, against HF ``pipeline("token-classification")`` on
    the same GPU at its best batch size (on a 20,000-sentence sample).
 
@@ -139,10 +139,11 @@ def corpus(data: str, n: int) -> list[str]:
 def tag(model, tokenizer, texts, dtype, gpu, batch_size=256, device="cuda") -> dict:
 
     from ner_core.documents import document_from_text
-    from ner_core.inference import InferenceSettings, WordTagger
+    from ner_core.inference import InferenceSettings
+    from ner_core.predictor import Predictor
 
     model.eval()
-    tagger = WordTagger(model, tokenizer, InferenceSettings(max_length=128, stride=32, batch_size=batch_size), device=device, autocast_dtype=dtype)
+    tagger = Predictor(model, tokenizer, InferenceSettings(max_length=128, stride=32, batch_size=batch_size), device=device, autocast_dtype=dtype)
     tagger.predict([document_from_text({"text": t}, "text").words for t in texts[:2048]])  # warm-up
     _sync(device)
     mark, t0, words = gpu.mark(), time.perf_counter(), 0

@@ -9,7 +9,7 @@ Each CoNLL sentence is scored twice with the same model in this one process:
 - raw text: the words are written back as text with natural spacing
   (``ner_core.text.join_naturally``: ``"(AP) U.S. officials don't say."``),
   and that text goes through the raw-text path of ``jobs.tag``
-  (``ner_core.documents.document_from_text``, then ``WordTagger``); predicted
+  (``ner_core.documents.document_from_text``, then ``Predictor``); predicted
   entities are character spans in the text, compared with the gold entities
   mapped to character spans of the same text.
 
@@ -44,24 +44,6 @@ def prf(gold: set, pred: set) -> dict:
     p = tp / len(pred) if pred else 0.0
     r = tp / len(gold) if gold else 0.0
     return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "gold": len(gold), "predicted": len(pred)}
-
-
-def window_settings(model_dir: str, max_length: int | None, stride: int | None, batch_size: int | None):
-    """The window settings the model was trained with (its ``metrics.json``), as ``jobs.evaluate`` uses.
-
-    Read here rather than through ``pipelines.evaluation`` so the script needs no Ray.
-    """
-    from ner_core.inference import InferenceSettings
-    from ner_core.tagger import resolve_model_path
-
-    trained: dict = {}
-    path = os.path.join(resolve_model_path(model_dir), "metrics.json")
-    if os.path.isfile(path):
-        with open(path) as fh:
-            cfg = json.load(fh).get("config", {})
-        trained = {"max_length": cfg.get("max_length"), "stride": cfg.get("stride"), "batch_size": cfg.get("eval_batch_size")}
-    given = {"max_length": max_length, "stride": stride, "batch_size": batch_size}
-    return InferenceSettings(**{k: v for k, v in {**trained, **given}.items() if v is not None})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def score_model(args, sentences, gold_tags, rebuilt) -> dict:
     from ner_core.documents import document_from_text
-    from ner_core.inference import WordTagger
-    from ner_core.tagger import load_tagger, load_tokenizer
+    from ner_core.predictor import Predictor
 
-    tagger = WordTagger(load_tagger(args.model), load_tokenizer(args.model), window_settings(args.model, args.max_length, args.stride, args.batch_size))
+    # the model's own window settings (inference.json), as jobs.evaluate and jobs.tag use them
+    tagger = Predictor.load(args.model, device="cpu", max_length=args.max_length, stride=args.stride, batch_size=args.batch_size)
     gold: set = set()
     for i, (tags, (_, offsets)) in enumerate(zip(gold_tags, rebuilt)):
         for span in extract_spans(tags):

@@ -40,7 +40,7 @@ how, model, corpus, precision, batch, threads, max_length = sys.argv[1:8]
 batch, threads = int(batch), int(threads)
 cfg = TagConfig(model=model, input=corpus, output="unused", max_length=int(max_length), torch_threads=threads, mixed_precision=precision)
 info = check_model(model)
-plan = TagPlan.resolve(cfg, info.identity, info.max_positions, "jsonl")
+plan = TagPlan.resolve(cfg, info, "jsonl")
 blocks = []
 for path in sorted(glob.glob(corpus + "/*.jsonl")):
     with open(path, "rb") as fh:

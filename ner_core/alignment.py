@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from ner_core.casing import case_marker_ids, word_case
 
 IGNORE_INDEX = -100
@@ -40,6 +42,103 @@ def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:
     first = wids.index(0)
     last = len(wids) - 1 - wids[::-1].index(0)
     return list(ids[:first]), list(ids[last + 1 :])
+
+
+DEFAULT_STRIDE = 64
+
+
+def fitted_stride(room: int, stride: int = DEFAULT_STRIDE) -> int:
+    """A default overlap that suits a window with ``room`` subwords for words: ``stride``, or half
+    the room where that is not shorter than it (an overlap must leave the next window new words)."""
+    return stride if stride < room else room // 2
+
+
+def special_token_count(tokenizer) -> int:
+    """How many positions of a window the tokenizer's special tokens take ([CLS] and [SEP]: 2)."""
+    prefix, suffix = _special_tokens(tokenizer)
+    return len(prefix) + len(suffix)
+
+
+@dataclass
+class WindowArrays:
+    """The windows of a batch of documents, flat: window ``k`` holds positions
+    ``offsets[k]:offsets[k+1]`` of ``input_ids`` and ``word_ids`` (-1: no word)."""
+
+    input_ids: np.ndarray  # int32 per position
+    word_ids: np.ndarray  # int32 per position
+    offsets: np.ndarray  # int64, windows + 1
+    doc: np.ndarray  # int64 per window: its document
+    first_word: np.ndarray  # int64 per window: words [first_word, end_word) start inside it
+    end_word: np.ndarray
+    num_words: np.ndarray  # int64 per document
+
+    def __len__(self) -> int:
+        return len(self.doc)
+
+    @classmethod
+    def from_windows(cls, per_doc: Sequence[Sequence[Window]], num_words: Sequence[int]) -> WindowArrays:
+        flat = [w for wins in per_doc for w in wins]
+        lengths = np.fromiter((len(w.input_ids) for w in flat), np.int64, len(flat))
+        total = int(lengths.sum())
+        return cls(
+            np.fromiter((t for w in flat for t in w.input_ids), np.int32, total),
+            np.fromiter((-1 if x is None else x for w in flat for x in w.word_ids), np.int32, total),
+            np.concatenate(([0], np.cumsum(lengths))).astype(np.int64),
+            np.repeat(np.arange(len(per_doc), dtype=np.int64), [len(wins) for wins in per_doc]),
+            np.fromiter((w.first_word for w in flat), np.int64, len(flat)),
+            np.fromiter((w.end_word for w in flat), np.int64, len(flat)),
+            np.asarray(num_words, np.int64),
+        )
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def subset(self, docs: Sequence[int]) -> WindowArrays:
+        """The windows of some documents only, renumbered in the order given."""
+        keep = np.concatenate([np.flatnonzero(self.doc == d) for d in docs]) if len(docs) else np.zeros(0, np.int64)
+        lengths = self.lengths()[keep]
+        pos = np.concatenate([np.arange(self.offsets[k], self.offsets[k + 1]) for k in keep]) if len(keep) else np.zeros(0, np.int64)
+        renumber = {d: i for i, d in enumerate(docs)}
+        return WindowArrays(
+            self.input_ids[pos],
+            self.word_ids[pos],
+            np.concatenate(([0], np.cumsum(lengths))).astype(np.int64),
+            np.array([renumber[d] for d in self.doc[keep].tolist()], np.int64),
+            self.first_word[keep],
+            self.end_word[keep],
+            self.num_words[list(docs)],
+        )
+
+    def word_offsets(self) -> np.ndarray:
+        """Document ``d``'s words are ``word_offsets[d]:word_offsets[d+1]`` of all documents' words."""
+        return np.concatenate(([0], np.cumsum(self.num_words))).astype(np.int64)
+
+    def window_of(self, positions: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.offsets, positions, side="right") - 1
+
+    def best_positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(position, word across all documents) of each word's first subword in the window where
+        it has the most context on both sides (the first such window on a tie)."""
+        wid = self.word_ids.astype(np.int64)
+        prev = np.empty_like(wid)
+        prev[0:1] = -1
+        prev[1:] = wid[:-1]
+        prev[self.offsets[:-1][self.offsets[:-1] < len(wid)]] = -1  # a window's first position
+        pos = np.flatnonzero((wid >= 0) & (wid != prev))
+        win = self.window_of(pos)
+        word = wid[pos]
+        context = np.minimum(word - self.first_word[win], self.end_word[win] - 1 - word)
+        glob = self.word_offsets()[self.doc[win]] + word
+        order = np.lexsort((win, -context, glob))
+        first = np.ones(len(order), bool)
+        first[1:] = glob[order][1:] != glob[order][:-1]
+        best = order[first]
+        total = int(self.num_words.sum())
+        if len(best) != total:
+            seen = np.zeros(total, bool)
+            seen[glob[best]] = True
+            raise ValueError(f"no prediction for words {np.flatnonzero(~seen)[:10].tolist()} of {total}")
+        return pos[best], glob[best]
 
 
 def _subwords_per_word(ids: Sequence[int], word_ids: Sequence[int | None], num_words: int, unk_id: int) -> list[list[int]]:
@@ -110,7 +209,7 @@ def encode_batch(
     batch_words: Sequence[Sequence[str]],
     batch_label_ids: Sequence[Sequence[int]] | None = None,
     max_length: int = 512,
-    stride: int = 128,
+    stride: int | None = None,
     contexts: Sequence[tuple[Sequence[str], Sequence[str]] | None] | None = None,
     context_length: int = 0,
 ) -> list[list[Window]]:
@@ -125,10 +224,10 @@ def encode_batch(
     budget = max_length - len(prefix) - len(suffix)
     if budget < 1:
         raise ValueError(f"max_length={max_length} leaves no room beside {len(prefix) + len(suffix)} special tokens")
-    if stride < 0:
-        raise ValueError(f"stride must be >= 0, got {stride}")
-    # Overlap beyond half a window only adds work; capping keeps defaults valid for any max_length.
-    stride = min(stride, budget // 2)
+    stride = fitted_stride(budget) if stride is None else stride
+    if not 0 <= stride < budget:
+        # what is asked is what runs: a default is fitted (``fitted_stride``), an explicit value is not
+        raise ValueError(f"stride {stride} must be >= 0 and shorter than the window ({budget} subwords of max_length {max_length})")
     if batch_label_ids is not None:
         if len(batch_label_ids) != len(batch_words):
             raise ValueError(f"{len(batch_label_ids)} label sequences for {len(batch_words)} documents")
@@ -196,7 +295,7 @@ def encode_words(
     words: Sequence[str],
     label_ids: Sequence[int] | None = None,
     max_length: int = 512,
-    stride: int = 128,
+    stride: int | None = None,
 ) -> list[Window]:
     """Windows for one document (see ``encode_batch``)."""
     labels = [label_ids] if label_ids is not None else None
@@ -204,21 +303,16 @@ def encode_words(
 
 
 def merge_window_predictions(windows: Sequence[Window], predictions: Sequence[Sequence[int]], num_words: int) -> list[int]:
-    """One label id per word, read at its first subword in the window where it has most context."""
-    best: list[tuple[int, int] | None] = [None] * num_words  # (context, label)
-    for window, pred in zip(windows, predictions):
-        seen: set[int] = set()
-        for pos, w in enumerate(window.word_ids):
-            if w is None or w in seen:
-                continue
-            seen.add(w)
-            context = min(w - window.first_word, window.end_word - 1 - w)
-            if best[w] is None or context > best[w][0]:
-                best[w] = (context, int(pred[pos]))
-    missing = [i for i, b in enumerate(best) if b is None]
-    if missing:
-        raise ValueError(f"no prediction for words {missing[:10]} of {num_words}")
-    return [b[1] for b in best]  # type: ignore[index]
+    """One label id per word, read at its first subword in the window where it has most context
+    (``WindowArrays.best_positions``, the rule the predictor uses)."""
+    if not num_words:
+        return []
+    arrays = WindowArrays.from_windows([windows], [num_words])
+    pos, word = arrays.best_positions()
+    flat = np.fromiter((int(p) for pred in predictions for p in pred), np.int64)
+    out = np.empty(num_words, np.int64)
+    out[word] = flat[pos]
+    return out.tolist()
 
 
 def padded_length(length: int, pad_to_multiple_of: int | None = None, lengths_per_octave: int | None = None) -> int:

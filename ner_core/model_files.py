@@ -45,6 +45,7 @@ class SavedModel:
     max_positions: int | None  # the smallest position limit of the model and its encoder/decoder
     decoder_attention: str | None = None  # the encoder-decoder's, as saved (None: encoder-only, or saved before the setting)
     case_markers: bool = False  # its tokenizer carries the word-case marker tokens
+    special_tokens: int = 2  # positions of a window its tokenizer's special tokens take ([CLS], [SEP])
 
     @property
     def arch(self) -> str:
@@ -68,7 +69,7 @@ def read_saved_model(path: str) -> SavedModel:
         check_safetensors(weights)
     if not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER):
         raise ValueError(f"no tokenizer ({', '.join(TOKENIZER)}) in {path}")
-    case_markers = False
+    case_markers, special_tokens = False, None
     if os.path.isfile(os.path.join(path, "tokenizer.json")):
         from tokenizers import Tokenizer
 
@@ -77,7 +78,11 @@ def read_saved_model(path: str) -> SavedModel:
         except Exception as exc:  # noqa: BLE001 - the Rust library raises its own exception type
             raise ValueError(f"{os.path.join(path, 'tokenizer.json')} does not load: {exc}") from None
         case_markers = all(tokenizer.token_to_id(m) is not None for m in MARKERS)  # the tokenizer just parsed, not a second read
-    return SavedModel(config["model_type"], _labels(config), _max_positions(config), config.get("decoder_attention"), case_markers)
+        # a tokenizer.json without a post-processor leaves [CLS] ... [SEP] to transformers: the default 2
+        if tokenizer.post_processor is not None:
+            special_tokens = tokenizer.post_processor.num_special_tokens_to_add(False)
+    special_tokens = special_tokens if special_tokens is not None else SavedModel.special_tokens
+    return SavedModel(config["model_type"], _labels(config), _max_positions(config), config.get("decoder_attention"), case_markers, special_tokens)
 
 
 def _weight_files(path: str) -> list[str]:

@@ -125,6 +125,66 @@ def line_chart(
     return "".join(out)
 
 
+def reliability_chart(calibration: dict, *, width: int = 330, height: int = 300) -> str:
+    """An SVG reliability diagram: per score bin, the share of entities that are right (bars)
+    against the diagonal of perfect calibration; bins with no entity are left empty."""
+    left, right, top, bottom = 46, 14, 34, 40
+    plot_w, plot_h = width - left - right, height - top - bottom
+    title = f"Entity scores: reliability (ECE {calibration['ece']:.3f})"
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}" font-family="system-ui,sans-serif" font-size="11">',
+        f'<text x="{left}" y="18" font-size="13" font-weight="600" fill="#1d2733">{html.escape(title)}</text>',
+    ]
+    for t in (0.0, 0.25, 0.5, 0.75, 1.0):
+        y = top + plot_h - t * plot_h
+        x = left + t * plot_w
+        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e6eaef"/>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#5b6775">{t:.2f}</text>')
+        out.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" text-anchor="middle" fill="#5b6775">{t:.2f}</text>')
+    for b in calibration["bins"]:
+        if not b["count"]:
+            continue
+        x0, x1 = left + b["lo"] * plot_w, left + b["hi"] * plot_w
+        h = b["accuracy"] * plot_h
+        out.append(
+            f'<rect class="bin" x="{x0 + 1:.1f}" y="{top + plot_h - h:.1f}" width="{x1 - x0 - 2:.1f}" height="{h:.1f}" fill="{_COLOURS[0]}" fill-opacity="0.75">'
+            f"<title>scores {b['lo']:.1f}-{b['hi']:.1f}: {b['count']:,} entities, {b['accuracy']:.3f} right, mean score {b['confidence']:.3f}</title></rect>"
+        )
+    out.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top}" stroke="#9aa5b1" stroke-dasharray="4 3"/>')
+    out.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" text-anchor="middle" fill="#5b6775">entity score</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def thresholds_table(calibration: dict) -> str:
+    """Precision, recall and kept share of entities when only those at or above a score are kept."""
+    rows = ['<table class="thresholds"><tr><th class="name">--min-score</th><th>precision</th><th>recall</th><th>F1</th><th>entities kept</th></tr>']
+    for r in calibration["thresholds"]:
+        rows.append(
+            f'<tr><td class="name">{r["threshold"]:.2f}</td><td>{_fmt(r["precision"])}</td><td>{_fmt(r["recall"])}</td>'
+            f'<td>{_fmt(r["f1"])}</td><td>{r["kept"]:.1%}</td></tr>'
+        )
+    rows.append("</table>")
+    return "".join(rows)
+
+
+def calibration_section(calibration: dict | None, where: str) -> list[str]:
+    """The report's block on entity scores: the reliability diagram beside the thresholds table."""
+    if not calibration:
+        return []
+    before = calibration.get("ece_before")
+    note = (
+        f'<p class="note">Temperature {calibration["temperature"]:.3f} (fitted on dev by jobs.train; 1 means none)'
+        + (f"; ECE {before:.3f} without it" if before is not None else "")
+        + f". An entity's score is the lowest of its words' label probabilities; {calibration['entities']:,} entities on {html.escape(where)}.</p>"
+    )
+    return [
+        "<h2>Entity scores</h2>",
+        f'<div class="charts"><div class="chart">{reliability_chart(calibration)}</div><div class="chart">{thresholds_table(calibration)}</div></div>',
+        note,
+    ]
+
+
 def per_type_table(metrics: dict) -> str:
     """Precision/recall/F1/support per entity type, then the micro-averaged total."""
     rows = ['<table class="per-type"><tr><th class="name">type</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>']
@@ -226,6 +286,7 @@ def training_report(summary: dict, output: str = "") -> str:
         body += [f"<h2>Per entity type, dev, epoch {best['epoch'] + 1} (selected)</h2>", per_type_table(selected)]
         if best.get("dev_confusion"):
             body += [f"<h2>Confusion of entity types, dev, epoch {best['epoch'] + 1}</h2>", confusion_table(best["dev_confusion"]), _CONFUSION_NOTE]
+        body += calibration_section(summary.get("calibration"), "dev")
     else:
         body.append('<p class="note">No dev set: the epoch with the lowest training loss was kept.</p>')
     body.append(_settings(cfg))
@@ -247,6 +308,7 @@ def evaluation_report(metrics: dict) -> str:
     body = [_cards(cards), "<h2>Per entity type</h2>", per_type_table(metrics)]
     if metrics.get("confusion"):
         body += ["<h2>Confusion of entity types</h2>", confusion_table(metrics["confusion"]), _CONFUSION_NOTE]
+    body += calibration_section(metrics.get("calibration"), str(metrics.get("data", "this data")))
     subtitle = f"model {metrics.get('model', '?')}; data {metrics.get('data', '?')}"
     return _page("ray-ner evaluation report", subtitle, "".join(body))
 

@@ -13,7 +13,7 @@ engine it is served with (see docs/BENCHMARKS.md for the figures that chose thes
   per output channel, activations quantised on the fly; the classifier stays fp32
   (it is tiny and sits where rounding errors turn straight into different labels).
 
-``load_runtime`` returns what ``ner_core.inference.WordTagger`` needs from a model:
+``load_runtime`` returns what ``ner_core.predictor.Predictor`` needs from a model:
 ``model(input_ids=..., attention_mask=...).logits`` (a torch tensor), ``config.id2label``,
 ``device``, ``eval()`` and ``to(device)``. The ONNX files are exported once per model
 version and cached under ``~/.cache/ray-ner/onnx/<key>/`` (not in the model folder: it may

@@ -1,9 +1,10 @@
 """Evaluating a saved tagger on any labelled data set.
 
 The data is read by the same Ray Data readers as training and predicted by
-the same ``WordTagger`` with the window settings the model was trained with
-(read from its ``metrics.json`` when present), so the figures equal the
-training job's dev evaluation.
+the same ``ner_core.predictor.Predictor``, with the model's own inference settings
+(``inference.json``), so the figures equal the training job's dev evaluation and
+describe what ``jobs.tag`` writes. The report adds how far the entity scores can
+be trusted (``ner_core.calibration``).
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import os
 from dataclasses import dataclass, field
 
 from ner_core.conll import DOCUMENT_SOURCES, check_documents
-from ner_core.inference import InferenceSettings, WordTagger
+from ner_core.calibration import score_labelled
 from ner_core.labels import SCHEMES
 from ner_core.metrics import evaluate_tags
-from ner_core.precision import check_mixed_precision, for_inference
+from ner_core.precision import check_mixed_precision
+from ner_core.predictor import Predictor
 from ner_core.report import evaluation_report, write_report
-from ner_core.runtime import RUNTIMES, check_runtime, load_runtime
-from ner_core.tagger import load_tokenizer, resolve_model_path
+from ner_core.runtime import RUNTIMES, check_runtime
+from ner_core.tagger import resolve_model_path
 from pipelines.console import Stage, echo
 from pipelines.labelled_data import read_labelled
 
@@ -61,23 +63,6 @@ def training_config(model_dir: str) -> dict:
         return json.load(fh).get("config", {})
 
 
-def inference_settings_for(cfg: dict, **overrides) -> InferenceSettings:
-    """The window settings of a training run's config (``training_config``), unless overridden."""
-    trained = {}
-    if cfg:
-        trained = {
-            "max_length": cfg.get("max_length"),
-            "stride": cfg.get("stride"),
-            "batch_size": cfg.get("eval_batch_size"),
-            "context_length": cfg.get("context_length"),
-        }
-    # an override left at None keeps the trained value (it used to drop it, so evaluation
-    # silently fell back to InferenceSettings' defaults)
-    values = {k: v for k, v in trained.items() if v is not None}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return InferenceSettings(**values)
-
-
 def run_evaluation(cfg: EvaluateConfig) -> dict:
     if not cfg.model or not cfg.data:
         raise ValueError("both --model and --data are required")
@@ -85,12 +70,12 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
 
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    model = load_runtime(cfg.model, cfg.runtime, threads=torch.get_num_threads())
-    tokenizer = load_tokenizer(cfg.model)
+    predictor = Predictor.load(
+        cfg.model, runtime=cfg.runtime, mixed_precision=cfg.mixed_precision, threads=torch.get_num_threads(),
+        max_length=cfg.max_length, stride=cfg.stride, context_length=cfg.context_length, batch_size=cfg.batch_size,
+    )  # fmt: skip
+    settings = predictor.settings
     trained = training_config(cfg.model)
-    settings = inference_settings_for(
-        trained, max_length=cfg.max_length, stride=cfg.stride, batch_size=cfg.batch_size, context_length=cfg.context_length
-    )
     # document context exactly as in training (the settings come from the model's metrics.json)
     documents = cfg.documents or trained.get("documents") or "markers"
     rows = read_labelled(
@@ -99,17 +84,20 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     rows.sort(key=lambda r: (r["source"], r["line"]))
     if settings.context_length and not any(r["context_left"] or r["context_right"] for r in rows):
         echo(f"warning: the model reads {settings.context_length} subwords of document context, but {cfg.data} has no -DOCSTART- document markers: scored without context (--documents datelines infers them in Reuters news)")
-    model, dtype = for_inference(model, cfg.mixed_precision, model.device.type)
     stage = Stage(f"predicting {len(rows):,} sentences", unit="windows")
-    pred = WordTagger(model, tokenizer, settings, autocast_dtype=dtype).predict(
+    gold = [list(r["tags"]) for r in rows]
+    pred, calibration = score_labelled(
+        predictor,
         [list(r["tokens"]) for r in rows],
-        on_batch=lambda done, total: stage.update(done, total=total),
+        gold,
         contexts=[(r["context_left"], r["context_right"]) for r in rows],
+        on_batch=lambda done, total: stage.update(done, total=total),
     )
     stage.finish()
-    metrics = evaluate_tags([list(r["tags"]) for r in rows], pred, scheme="IOB2", mode="strict")
+    metrics = evaluate_tags(gold, pred, scheme="IOB2", mode="strict")
+    metrics["calibration"] = calibration
     metrics["model"], metrics["data"] = cfg.model, cfg.data
-    metrics["settings"] = {"max_length": settings.max_length, "stride": settings.stride, "context_length": settings.context_length, "documents": documents, "runtime": cfg.runtime}
+    metrics["settings"] = {"max_length": settings.max_length, "stride": settings.stride, "context_length": settings.context_length, "temperature": settings.temperature, "documents": documents, "runtime": cfg.runtime}
     if cfg.report:
         metrics["report"] = write_report(cfg.report, evaluation_report(metrics))
     if cfg.json:

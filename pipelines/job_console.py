@@ -146,8 +146,11 @@ def training_summary(cfg, summary: dict, tensorboard_dir: str | None) -> None:
     out = cfg.output.rstrip("/")
     items = [
         ("model", f"{out}  (safetensors + tokenizer, labels.json, metrics.json)"),
-        ("report", f"{out}/report.html  (curves, per-type table, confusion matrix)"),
+        ("report", f"{out}/report.html  (curves, per-type table, confusion matrix, entity scores)"),
     ]
+    calibration = summary.get("calibration")
+    if calibration:
+        items.append(("scores", f"temperature {calibration['temperature']:.3f} fitted on dev: entity-score ECE {calibration['ece_before']:.3f} -> {calibration['ece']:.3f}"))
     if tensorboard_dir:
         items.append(("tensorboard", f"tensorboard --logdir {tensorboard_dir}"))
     items.append(("next", f"ray-ner evaluate --model {out} --data DEV --report DIR;  ray-ner tag --model {out} --input IN --output OUT"))
@@ -245,7 +248,7 @@ def tagging_summary(manifest: dict, output: str) -> None:
         f"tagged {manifest['rows_written']:,} rows, {failed:,} failed, of {manifest['rows_read']:,} read from {manifest['files']} file(s); "
         f"this run {format_duration(run['seconds'])}{started}, {rate}",
         [
-            ("output", f"{out}  (input columns + tokens, labels, entities)"),
+            ("output", f"{out}  (input columns + tokens, labels, scores, entities)"),
             ("errors", f"{out}/_errors/  ({failed:,} rows with reasons)" if failed else f"{out}/_errors/  (none)"),
             ("manifest", f"{out}/_manifest.json"),
         ],
@@ -261,6 +264,10 @@ def evaluation_plan(cfg) -> None:
 
 def evaluation_summary(metrics: dict, report_path: str | None, json_path: str | None) -> None:
     items = []
+    calibration = metrics.get("calibration")
+    if calibration:
+        picks = ", ".join(f"{r['threshold']:.2f}: P {r['precision']:.3f} R {r['recall']:.3f}" for r in calibration["thresholds"][::2])
+        items.append(("scores", f"entity-score ECE {calibration['ece']:.3f} (temperature {calibration['temperature']:.2f}); --min-score {picks}"))
     if report_path:
         items.append(("report", report_path))
     if json_path:

@@ -4,8 +4,9 @@ On CPU the actor also turns its rows into windows first (``--preprocess auto``):
 preprocessing tasks running beside it would take cores from the model's threads.
 An actor call gets a few thousand rows (``--batch-size``); their windows are
 sorted by length across the whole call, so each forward pass pads little.
-Predictions become labels in ``WordTagger.decode`` (label map + IOB2 repair), the
-one place the training job's dev scoring and ``jobs.evaluate`` also use.
+The model call is ``Predictor.word_probabilities`` (the one the training job's dev
+scoring, ``jobs.evaluate`` and the server use too); labels, scores and entities come
+from ``ner_core.decoding`` as arrays and go straight into Arrow columns.
 A row whose windows break the model (it should not happen, but one bad row
 must not cost the batch) is retried alone and becomes an error row.
 """
@@ -15,50 +16,45 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pyarrow as pa
 
-from ner_core.spans import extract_spans
 from pipelines.tag_config import TagPlan
 from pipelines.tag_input import ERROR, RAW, raw_row
 from pipelines.tag_model import cached_tokenizer, load_failure, local_model_dir
 from pipelines.tag_preprocess import from_columns, input_columns, prepare
 
-ENTITY_TYPE = pa.struct([("type", pa.string()), ("start", pa.int64()), ("end", pa.int64()), ("text", pa.string())])
+ENTITY_TYPE = pa.struct([("type", pa.string()), ("start", pa.int64()), ("end", pa.int64()), ("text", pa.string()), ("score", pa.float32())])
 
 
 class TagActor:
     """Holds one model; tags the windows of a batch of rows in length-sorted forward passes."""
 
     def __init__(self, plan: TagPlan, progress=None):
-        # The model is loaded and run on one thread of the actor's own. Ray Data calls the
-        # actor from another thread than the one that runs __init__, and every thread that runs
-        # torch's CPU kernels gets an OpenMP team of its own: two teams of 2 threads on 2 cores
-        # made OpenMP (libgomp) stop spinning at its barriers and sleep instead: about 1,400
-        # times a second per thread in jobs.tag, against 9 times in 15 s with one thread, and
-        # the actor used 1.5 of the 2 cores instead of 1.7 (docs/BENCHMARKS.md).
+        # The model is loaded and run on one thread of the actor's own: Ray Data calls the actor
+        # from another thread than the one that runs __init__, and two threads running torch's
+        # CPU kernels get two OpenMP teams, which then sleep at their barriers instead of spinning.
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="tag-model")
         self._model_thread.submit(self._load, plan, progress).result()
 
     def _load(self, plan: TagPlan, progress) -> None:
         import torch
 
-        from ner_core.inference import InferenceSettings, WordTagger
         from ner_core.precision import for_inference
+        from ner_core.predictor import Predictor
         from ner_core.runtime import load_runtime
         from pipelines.progress import Reporter
 
         torch.set_num_threads(plan.torch_threads)
         path = local_model_dir(plan.model, plan.model_identity)
         device = "cuda" if plan.use_gpu and torch.cuda.is_available() else "cpu"
-        # windows arrive cut (tag_preprocess): only the batching settings apply here
-        settings = InferenceSettings(batch_size=plan.window_batch_size, batch_tokens=plan.batch_tokens)
         try:  # the driver only read the model's files (tag_model.check_model): a load failure is reported here
             engine = load_runtime(path, plan.runtime, threads=plan.torch_threads)  # torch, or ONNX Runtime (exported once per model version, cached)
             tokenizer = cached_tokenizer(plan.model, plan.model_identity)
         except Exception as exc:  # noqa: BLE001 - any loading failure means the same thing to the user
             raise load_failure(plan.model, exc) from exc
         engine, dtype = for_inference(engine, plan.mixed_precision, device)
-        self.tagger = WordTagger(engine, tokenizer, settings, device=device, autocast_dtype=dtype)
+        self.predictor = Predictor(engine, tokenizer, plan.inference, device=device, autocast_dtype=dtype)
         self.progress = Reporter(progress)  # rows tagged, for the driver's progress line
         self.plan = plan
 
@@ -77,35 +73,87 @@ class TagActor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self._model_thread.submit(self._tag, batch).result()
 
-    def _tag(self, batch: pa.Table) -> pa.Table:
-        rows = prepare(batch, self.plan) if self.plan.preprocess_in_actor else from_columns(batch)
-        errors, raws, docs = rows.errors, rows.raws, rows.docs
-        good = rows.good()
-        ids: dict[int, list[int]] = {}
+    def _probabilities(self, rows, good: list[int], batch: pa.Table) -> tuple[np.ndarray, list[int]]:
+        """The words' label probabilities of the good rows, and the rows still good after the model."""
         try:
-            ids.update(zip(good, self.tagger.predict_windows([rows.windows[i] for i in good], [len(docs[i].words) for i in good], on_batch=self._count(len(good)))))
+            return self.predictor.word_probabilities(rows.windows, on_batch=self._count(len(good))), good
         except Exception:  # noqa: BLE001 - find the row that breaks the batch; the others still get tagged
-            for i in good:
+            kept, parts = [], []
+            for d, i in enumerate(good):
                 try:
-                    ids[i] = self.tagger.predict_windows([rows.windows[i]], [len(docs[i].words)])[0]
+                    parts.append(self.predictor.word_probabilities(rows.windows.subset([d])))
+                    kept.append(i)
                 except Exception as exc:  # noqa: BLE001
-                    errors[i], raws[i] = f"tagging failed: {type(exc).__name__}: {exc}", raws[i] or raw_row(batch, i)
-        self.progress.add("rows", batch.num_rows - len(good))  # rows that failed before the model
-        labels: list[list[str] | None] = [None] * batch.num_rows
-        entities: list[list[dict] | None] = [None] * batch.num_rows
-        subwords = [0] * batch.num_rows
-        for i, label_ids in ids.items():
-            if errors[i] is not None:
-                continue
-            labels[i] = self.tagger.decode(label_ids)
-            entities[i] = docs[i].entities(extract_spans(labels[i]))
-            subwords[i] = sum(len(w.input_ids) for w in rows.windows[i])
+                    rows.errors[i], rows.raws[i] = f"tagging failed: {type(exc).__name__}: {exc}", rows.raws[i] or raw_row(batch, i)
+                    rows.docs[i] = None
+            width = self.predictor.labels.num_labels
+            return (np.concatenate(parts) if parts else np.zeros((0, width), np.float32)), kept
+
+    def _tag(self, batch: pa.Table) -> pa.Table:
+        from ner_core.decoding import decode_probabilities
+
+        rows = prepare(batch, self.plan) if self.plan.preprocess_in_actor else from_columns(batch)
+        good = rows.good()
+        subwords = np.zeros(batch.num_rows, np.int64)
+        subwords[good] = np.bincount(rows.windows.doc, weights=rows.windows.lengths(), minlength=len(good))
+        probs, good = self._probabilities(rows, good, batch)
+        subwords[[i for i, d in enumerate(rows.docs) if d is None]] = 0
+        self.progress.add("rows", batch.num_rows - len(good))  # rows that failed before (or in) the model
+        words = np.array([len(rows.docs[i].words) for i in good], np.int64)
+        decoded = decode_probabilities(probs, np.concatenate(([0], np.cumsum(words))), self.predictor.table, self.plan.min_score)
+        columns = tagged_columns(decoded, probs if self.plan.all_scores else None, rows.docs, good, batch.num_rows, self.predictor.table)
+        out = input_columns(batch).append_column("tokens", rows.tokens())
+        for name, values in columns.items():
+            out = out.append_column(name, values)
         return (
-            input_columns(batch)
-            .append_column("tokens", rows.tokens())
-            .append_column("labels", pa.array(labels, pa.list_(pa.string())))
-            .append_column("entities", pa.array(entities, pa.list_(ENTITY_TYPE)))
-            .append_column(ERROR, pa.array(errors, pa.string()))
-            .append_column(RAW, pa.array(raws, pa.string()))
+            out.append_column(ERROR, pa.array(rows.errors, pa.string()))
+            .append_column(RAW, pa.array(rows.raws, pa.string()))
             .append_column("__subwords", pa.array(subwords, pa.int64()))
         )
+
+
+def tagged_columns(decoded, probs: np.ndarray | None, docs: list, good: list[int], num_rows: int, table) -> dict[str, pa.Array]:
+    """``labels``, ``scores``, ``entities`` (and ``all_scores``) for every row of a batch, null for error rows.
+
+    The per-word and per-entity arrays become Arrow list columns through their offsets; only
+    an entity's text is cut out in Python (its characters, or its tokens joined).
+    """
+    valid = np.zeros(num_rows, bool)
+    valid[good] = True
+    mask = pa.array(~valid)
+    per_row = np.zeros(num_rows, np.int64)
+    per_row[good] = np.diff(decoded.word_offsets)
+    word_offsets = pa.array(np.concatenate(([0], np.cumsum(per_row))).astype(np.int32))
+    names = pa.array(list(table.labels.labels), pa.string())
+    columns = {
+        "labels": pa.ListArray.from_arrays(word_offsets, names.take(pa.array(decoded.label_ids)), mask=mask),
+        "scores": pa.ListArray.from_arrays(word_offsets, pa.array(decoded.scores, pa.float32()), mask=mask),
+    }
+    ents = np.zeros(num_rows, np.int64)
+    ents[good] = np.diff(decoded.entity_offsets())
+    starts, ends, texts = [], [], []
+    for d, t, a, b in zip(decoded.entity_doc.tolist(), decoded.entity_type.tolist(), decoded.entity_start.tolist(), decoded.entity_end.tolist()):
+        doc = docs[good[d]]
+        if doc.text is not None and doc.offsets is not None:
+            a, b = doc.offsets[a].start, doc.offsets[b - 1].end
+            texts.append(doc.text[a:b])
+        else:
+            texts.append(" ".join(doc.words[a:b]))
+        starts.append(a)
+        ends.append(b)
+    struct = pa.StructArray.from_arrays(
+        [
+            pa.array(list(table.types), pa.string()).take(pa.array(decoded.entity_type)),
+            pa.array(starts, pa.int64()),
+            pa.array(ends, pa.int64()),
+            pa.array(texts, pa.string()),
+            pa.array(decoded.entity_score, pa.float32()),
+        ],
+        fields=list(ENTITY_TYPE),
+    )
+    columns["entities"] = pa.ListArray.from_arrays(pa.array(np.concatenate(([0], np.cumsum(ents))).astype(np.int32)), struct, mask=mask)
+    if probs is not None:
+        width = table.labels.num_labels
+        per_word = pa.ListArray.from_arrays(pa.array(np.arange(0, probs.size + 1, width, dtype=np.int32)), pa.array(probs.reshape(-1), pa.float32()))
+        columns["all_scores"] = pa.ListArray.from_arrays(word_offsets, per_word, mask=mask)
+    return columns

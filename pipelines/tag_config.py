@@ -10,11 +10,16 @@ the reader, preprocessing and the actors receive: no stage works a value out aga
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ner_core.inference import InferenceSettings
 from ner_core.precision import check_mixed_precision
+from ner_core.predictor import resolve_settings
 from ner_core.runtime import RUNTIMES, check_runtime
 from pipelines.cluster import parse_resources
+
+if TYPE_CHECKING:
+    from pipelines.tag_model import ModelInfo
 
 FORMATS = ("parquet", "jsonl")
 PREPROCESS = ("auto", "tasks", "actor")
@@ -23,7 +28,9 @@ EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json
 # model_identity: a hash of the model's files (a retrained model at the same path is another
 # model); max_length: the window length used (after clamping to the model's limit);
 # precision: what --mixed-precision means on the actors' device; runtime: the engine (int8 moves labels).
-OUTPUT_SETTINGS = ("model", "model_identity", "input", "format", "output_format", "text_column", "tokens_column", "id_column", "max_length", "stride", "precision", "runtime")
+# max_length, stride, temperature: the inference settings in use (the model's own unless overridden);
+# min_score and all_scores change which labels and fields are written.
+OUTPUT_SETTINGS = ("model", "model_identity", "input", "format", "output_format", "text_column", "tokens_column", "id_column", "max_length", "stride", "temperature", "min_score", "all_scores", "precision", "runtime")
 
 
 class TagRunError(ValueError):
@@ -72,8 +79,10 @@ class TagConfig:
     task_resources: str | dict[str, float] | None = field(default=None, metadata=_help("custom Ray resources per read/preprocess/write task, NAME=AMOUNT[,...]"))
     output_shared: bool = field(default=False, metadata=_help("the local --output is a shared mount (NFS, EFS) that every node sees at the same path; needed for a local --output on a cluster of several nodes"))
     torch_threads: int | None = field(default=None, metadata=_help("torch threads per actor (default: its CPUs, at least 1)"))
-    max_length: int = field(default=256, metadata=_help("subword window length (at most the model's maximum)"))
-    stride: int = field(default=64, metadata=_help("subword overlap between windows of long documents"))
+    max_length: int | None = field(default=None, metadata=_help("subword window length (default: the model's own, saved by jobs.train, else 256; at most the model's positions)"))
+    stride: int | None = field(default=None, metadata=_help("subword overlap between windows of long documents (default: the model's own, else 64; shorter than the window)"))
+    min_score: float | None = field(default=None, metadata=_help("drop entities scored under this (their tokens become O); see the score thresholds in jobs.evaluate's report"))
+    all_scores: bool = field(default=False, metadata=_help("also write every label's probability per token (column all_scores)"))
     rows_per_block: int = field(default=1024, metadata=_help("rows per read block (memory per block in flight)"))
     rows_per_file: int = field(default=10_000, metadata=_help("rows gathered per output file (fewer when a source file ends)"))
     mixed_precision: str = field(default="auto", metadata=_help("auto (bf16 on GPU, fp32 on CPU) | bf16 (GPU, or CPU with AVX512-BF16/AMX: ~3x faster) | fp16 (GPU) | none"))
@@ -100,8 +109,10 @@ class TagConfig:
         for name in ("batch_size", "window_batch_size", "batch_tokens", "max_length", "rows_per_block", "rows_per_file", "read_attempts"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-        if self.stride < 0:
+        if self.stride is not None and self.stride < 0:
             raise ValueError("--stride must be >= 0")
+        if self.min_score is not None and not 0 <= self.min_score <= 1:
+            raise ValueError(f"--min-score must be between 0 and 1, got {self.min_score}")
         if self.cpus_per_actor < 0 or self.gpus_per_actor < 0:
             raise ValueError("--cpus-per-actor and --gpus-per-actor must be >= 0")
         self.actor_range()
@@ -159,10 +170,9 @@ class TagPlan:
     format: str  # of the input
     column: str
     pretokenized: bool
-    max_length: int  # clamped to the model's positions
-    stride: int
-    window_batch_size: int
-    batch_tokens: int | None  # None: the device's default (ner_core.inference.InferenceSettings)
+    inference: InferenceSettings  # windows (the model's own, clamped to its positions), batching, temperature
+    min_score: float | None
+    all_scores: bool
     min_actors: int
     max_actors: int
     torch_threads: int
@@ -170,20 +180,36 @@ class TagPlan:
     mixed_precision: str
     runtime: str
     preprocess_in_actor: bool
+    notes: tuple[str, ...] = ()  # where a setting in use differs from the one asked for or saved
+
+    @property
+    def max_length(self) -> int:
+        return self.inference.max_length
+
+    @property
+    def stride(self) -> int:
+        return self.inference.stride
 
     @classmethod
-    def resolve(cls, cfg: TagConfig, model_identity: str, max_positions: int | None, fmt: str) -> "TagPlan":
+    def resolve(cls, cfg: TagConfig, model: ModelInfo, fmt: str) -> "TagPlan":
+        """``ValueError`` for settings the model cannot run with (a stride not shorter than the window)."""
         lo, hi = cfg.actor_range()
+        # Rows are whole documents: windows get the words around them already, no document context.
+        inference, notes = resolve_settings(
+            {**model.saved_settings, "context_length": 0},
+            specials=model.special_tokens,
+            max_positions=model.max_positions,
+            overrides={"max_length": cfg.max_length, "stride": cfg.stride, "batch_size": cfg.window_batch_size, "batch_tokens": cfg.batch_tokens},
+        )
         return cls(
             model=cfg.model,
-            model_identity=model_identity,
+            model_identity=model.identity,
             format=fmt,
             column=cfg.column,
             pretokenized=cfg.pretokenized,
-            max_length=min(cfg.max_length, max_positions) if max_positions else cfg.max_length,
-            stride=cfg.stride,
-            window_batch_size=cfg.window_batch_size,
-            batch_tokens=cfg.batch_tokens,
+            inference=inference,
+            min_score=cfg.min_score,
+            all_scores=cfg.all_scores,
             min_actors=lo,
             max_actors=hi,
             torch_threads=cfg.torch_threads or max(1, int(cfg.cpus_per_actor)),
@@ -191,4 +217,5 @@ class TagPlan:
             mixed_precision=cfg.mixed_precision,
             runtime=cfg.runtime,
             preprocess_in_actor=cfg.preprocess == "actor" or (cfg.preprocess == "auto" and not cfg.gpus_per_actor),
+            notes=tuple(notes),
         )

@@ -42,7 +42,7 @@ from pipelines.tag_store import OutputStore
 
 SRC, ROW, ERROR, RAW = "__src", "__row", "__error", "__raw"
 INTERNAL_PREFIX = "__"
-OUTPUT_COLUMNS = ("tokens", "labels", "entities")
+OUTPUT_COLUMNS = ("tokens", "labels", "scores", "entities", "all_scores")
 
 
 def _column(values: list[Any]) -> pa.Array:

@@ -11,7 +11,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from pipelines.tag_config import TagRunError, exception_line
@@ -79,6 +79,8 @@ class ModelInfo:
     model_type: str
     labels: list[str]
     max_positions: int | None  # the smallest position limit of the encoder and decoder
+    special_tokens: int = 2  # positions its tokenizer's special tokens take in a window
+    saved_settings: dict = field(default_factory=dict)  # inference settings saved with it (ner_core.predictor)
 
 
 def check_model(model: str) -> ModelInfo:
@@ -92,10 +94,12 @@ def check_model(model: str) -> ModelInfo:
     job at the first actor, whose traceback ends in ``TagRunError: cannot load model ...``.
     """
     from ner_core.model_files import read_saved_model
+    from ner_core.predictor import saved_settings
 
     try:
         identity = model_identity(model)
-        saved = read_saved_model(local_model_dir(model, identity))
+        path = local_model_dir(model, identity)
+        saved = read_saved_model(path)
     except Exception as exc:  # noqa: BLE001 - any loading failure means the same thing to the user
         raise load_failure(model, exc) from exc
-    return ModelInfo(identity, saved.model_type, saved.labels, saved.max_positions)
+    return ModelInfo(identity, saved.model_type, saved.labels, saved.max_positions, saved.special_tokens, saved_settings(path))

@@ -18,16 +18,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from ner_core.alignment import Window, encode_batch
+from ner_core.alignment import WindowArrays
 from ner_core.documents import BadRow, Document, document_from_text, document_from_tokens
+from ner_core.predictor import WindowEncoder
 from ner_core.text import Word
 from pipelines.tag_config import TagPlan
 from pipelines.tag_input import ERROR, INTERNAL_PREFIX, OUTPUT_COLUMNS, RAW, raw_row
 from pipelines.tag_model import cached_tokenizer
 
-WINDOW_COLUMNS = ("__win_ids", "__win_words", "__win_span")
+WINDOW_COLUMNS = ("__win_ids", "__win_words", "__win_first", "__win_end")
 WORD_COLUMNS = ("__text", "__starts", "__ends")  # raw text rows: the text and each word's character span
 
 
@@ -35,12 +38,12 @@ WORD_COLUMNS = ("__text", "__starts", "__ends")  # raw text rows: the text and e
 class Prepared:
     """One batch's rows ready for the model, row for row.
 
-    ``docs[i]`` is None for an error row, whose reason is ``errors[i]`` and whose
-    input is kept as JSON in ``raws[i]``; ``windows[i]`` is then empty.
+    ``docs[i]`` is None for an error row, whose reason is ``errors[i]`` and whose input is
+    kept as JSON in ``raws[i]``. ``windows`` are those of the good rows (``good()``), in order.
     """
 
     docs: list[Document | None]
-    windows: list[list[Window]]
+    windows: WindowArrays
     errors: list[str | None]
     raws: list[str | None]
 
@@ -58,16 +61,8 @@ def prepare(batch: pa.Table, plan: TagPlan) -> Prepared:
     errors = batch.column(ERROR).to_pylist()
     raws = batch.column(RAW).to_pylist()
     docs = _documents(batch, plan, errors, raws)
-    good = [i for i, d in enumerate(docs) if d is not None]
-    windows: list[list[Window]] = [[] for _ in docs]
-    if good:
-        tokenizer = cached_tokenizer(plan.model, plan.model_identity)
-        encoded = encode_batch(tokenizer, [docs[i].words for i in good], max_length=plan.max_length, stride=plan.stride)
-        for i, wins in zip(good, encoded):
-            windows[i] = wins
-    return Prepared(docs, windows, errors, raws)
-
-
+    encoder = WindowEncoder(cached_tokenizer(plan.model, plan.model_identity), plan.inference)
+    return Prepared(docs, encoder.encode([d.words for d in docs if d is not None]), errors, raws)
 def _documents(batch: pa.Table, plan: TagPlan, errors: list, raws: list) -> list[Document | None]:
     """One ``Document`` per row, or None where the row is an error (its reason put in ``errors``)."""
     column = plan.column
@@ -101,12 +96,21 @@ def preprocess(batch: pa.Table, plan: TagPlan) -> pa.Table:
 
 def to_columns(batch: pa.Table, prepared: Prepared) -> pa.Table:
     """``batch`` plus ``tokens``, the words' character spans and the windows, as Arrow columns."""
-    docs, windows = prepared.docs, prepared.windows
+    docs, w = prepared.docs, prepared.windows
 
     def offsets(d: Document | None, end: bool):
         if d is None or d.offsets is None:
             return None
-        return [w.end if end else w.start for w in d.offsets]
+        return [x.end if end else x.start for x in d.offsets]
+
+    # windows per row (0 for an error row), then positions per window: two levels of list offsets
+    per_row = np.zeros(len(docs), np.int64)
+    per_row[prepared.good()] = np.bincount(w.doc, minlength=len(prepared.good()))
+    rows = pa.array(np.concatenate(([0], np.cumsum(per_row))).astype(np.int32))
+    positions = pa.array(w.offsets.astype(np.int32))
+
+    def nested(values: np.ndarray) -> pa.Array:
+        return pa.ListArray.from_arrays(rows, pa.ListArray.from_arrays(positions, pa.array(values, pa.int32())))
 
     out = input_columns(batch)
     columns = {
@@ -116,33 +120,46 @@ def to_columns(batch: pa.Table, prepared: Prepared) -> pa.Table:
         "__text": pa.array([d.text if d is not None else None for d in docs], pa.string()),
         "__starts": pa.array([offsets(d, False) for d in docs], pa.list_(pa.int32())),
         "__ends": pa.array([offsets(d, True) for d in docs], pa.list_(pa.int32())),
-        "__win_ids": pa.array([[w.input_ids for w in ws] for ws in windows], pa.list_(pa.list_(pa.int32()))),
-        "__win_words": pa.array([[[-1 if x is None else x for x in w.word_ids] for w in ws] for ws in windows], pa.list_(pa.list_(pa.int32()))),
-        "__win_span": pa.array([[[w.first_word, w.end_word] for w in ws] for ws in windows], pa.list_(pa.list_(pa.int32()))),
+        "__win_ids": nested(w.input_ids),
+        "__win_words": nested(w.word_ids),
+        "__win_first": pa.ListArray.from_arrays(rows, pa.array(w.first_word, pa.int32())),
+        "__win_end": pa.ListArray.from_arrays(rows, pa.array(w.end_word, pa.int32())),
     }
     for name, values in columns.items():
         out = out.append_column(name, values)
     return out
 
 
+def _flat(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """A list column's per-row lengths (0 for null) and its values, whatever its chunks and slicing."""
+    arr = column.combine_chunks()
+    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return lengths, arr.flatten()
+
+
 def from_columns(batch: pa.Table) -> Prepared:
-    """The ``Prepared`` rows back from ``to_columns``'s Arrow columns (word id -1: no word)."""
+    """The ``Prepared`` rows back from ``to_columns``'s Arrow columns, the windows as arrays."""
     errors = batch.column(ERROR).to_pylist()
     tokens = batch.column("tokens").to_pylist()
     texts = batch.column("__text").to_pylist()
     starts, ends = batch.column("__starts").to_pylist(), batch.column("__ends").to_pylist()
-    win_ids, win_words, win_spans = (batch.column(c).to_pylist() for c in WINDOW_COLUMNS)
     docs: list[Document | None] = []
-    windows: list[list[Window]] = []
     for i in range(batch.num_rows):
         if errors[i] is not None or tokens[i] is None:
             docs.append(None)
-            windows.append([])
             continue
         offsets = None if texts[i] is None else [Word(t, s, e) for t, s, e in zip(tokens[i], starts[i], ends[i])]
         docs.append(Document(tokens[i], texts[i], offsets))
-        windows.append([
-            Window(list(ids), [1] * len(ids), [None if x < 0 else x for x in words], None, span[0], span[1])
-            for ids, words, span in zip(win_ids[i], win_words[i], win_spans[i])
-        ])  # fmt: skip
+    per_row, inner = _flat(batch.column("__win_ids"))
+    lengths = pc.list_value_length(inner).to_numpy().astype(np.int64)
+    good = [i for i, d in enumerate(docs) if d is not None]
+    windows = WindowArrays(
+        inner.flatten().to_numpy().astype(np.int32),
+        batch.column("__win_words").combine_chunks().flatten().flatten().to_numpy().astype(np.int32),
+        np.concatenate(([0], np.cumsum(lengths))).astype(np.int64),
+        np.repeat(np.arange(len(good), dtype=np.int64), per_row[good]),
+        _flat(batch.column("__win_first"))[1].to_numpy().astype(np.int64),
+        _flat(batch.column("__win_end"))[1].to_numpy().astype(np.int64),
+        np.array([len(docs[i].words) for i in good], np.int64),
+    )
     return Prepared(docs, windows, errors, batch.column(RAW).to_pylist())

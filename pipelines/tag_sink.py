@@ -83,7 +83,7 @@ class TaggedOutputSink(Datasink):
         if self.input_format == "jsonl":
             # Input fields from each row's original line, so values come back exactly as read.
             fields = [input_fields(raw) for raw in rows.column(RAW).to_pylist()]
-            outputs = rows.select(list(OUTPUT_COLUMNS))
+            outputs = rows.select([c for c in OUTPUT_COLUMNS if c in rows.column_names])
             if self.output_format == "parquet":
                 typed = self._typed_fields(fields)
                 data = parquet_bytes(pa.Table.from_arrays([*typed.columns, *outputs.columns], names=[*typed.column_names, *outputs.column_names]))

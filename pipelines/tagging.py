@@ -57,9 +57,12 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
     started = time.time()
     model = check_model(cfg.model)
     paths = expand_inputs(cfg.input, tuple(EXTENSIONS))
-    plan = TagPlan.resolve(cfg, model.identity, model.max_positions, cfg.format or infer_format(paths))
-    if plan.max_length < cfg.max_length:
-        log.warning("--max-length %d is beyond the model's %d positions; using %d", cfg.max_length, model.max_positions, plan.max_length)
+    try:
+        plan = TagPlan.resolve(cfg, model, cfg.format or infer_format(paths))
+    except ValueError as exc:
+        raise TagRunError(str(exc)) from None
+    for note in plan.notes:
+        log.warning("%s", note)
     store = OutputStore(cfg.output)
     if cfg.overwrite:
         for name in store.listdir(store.path()):
@@ -87,7 +90,10 @@ def _output_settings(cfg: TagConfig, plan: TagPlan, store: OutputStore, paths: l
     """The settings recorded in ``_job.json``; a resumed run must match them (``OUTPUT_SETTINGS``)."""
     # What is recorded (and compared on resume) is what the run uses.
     settings = {k: v for k, v in asdict(cfg).items() if k != "overwrite"}
-    settings.update(format=plan.format, max_length=plan.max_length, model_identity=plan.model_identity, precision=precision(cfg))
+    settings.update(
+        format=plan.format, max_length=plan.max_length, stride=plan.stride, temperature=plan.inference.temperature,
+        model_identity=plan.model_identity, precision=precision(cfg),
+    )  # fmt: skip
     previous = store.read_json(store.path("_job.json"))
     changed = [k for k in OUTPUT_SETTINGS if previous is not None and previous.get(k) != settings.get(k)]
     if changed:

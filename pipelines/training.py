@@ -34,7 +34,9 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from ner_core.alignment import pad_windows, Window
-from ner_core.inference import InferenceSettings, WordTagger
+from ner_core.alignment import special_token_count
+from ner_core.calibration import score_labelled
+from ner_core.predictor import Predictor, resolve_settings, write_settings
 from ner_core.conll import check_documents
 from ner_core.labels import SCHEMES, LabelMap
 from ner_core.metrics import evaluate_tags
@@ -52,6 +54,7 @@ from pipelines.progress import Reporter
 from pipelines.storage import arrow_filesystem, fsspec_filesystem, is_s3, strip_scheme
 
 RUN_NAME = "train"
+TRAIN_STRIDE = 32  # the default overlap of training windows
 STATE_FILE = "train_state.pt"
 
 
@@ -87,7 +90,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     max_length: int = field(default=128, metadata=_help("subword window length; longer sentences become overlapping windows"))
-    stride: int = field(default=32, metadata=_help("subword overlap between consecutive windows"))
+    stride: int | None = field(default=None, metadata=_help("subword overlap between consecutive windows (default 32, or half the window where that is not shorter; saved with the model)"))
     context_length: int = field(default=0, metadata=_help("document context: up to this many subwords of the sentence's own document on each side, read but not labelled (CoNLL files with -DOCSTART-; 0: off)"))
     documents: str = field(default="markers", metadata=_help("where document context finds a CoNLL file's documents: markers (its -DOCSTART- lines) | datelines (the same where a file has them, else inferred from Reuters datelines, for CoNLL-2003 copies that lost their markers)"))
     eval_batch_size: int = 64
@@ -195,15 +198,17 @@ def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
+def inference_settings(cfg: TrainConfig, tokenizer, temperature: float = 1.0):
+    """The settings the model is scored with on dev and saved with (``inference.json``), so that
+    ``jobs.evaluate`` and ``jobs.tag`` predict exactly as dev scoring did."""
+    asked = {"max_length": cfg.max_length, "stride": cfg.stride, "context_length": cfg.context_length, "temperature": temperature, "batch_size": cfg.eval_batch_size}
+    settings, _ = resolve_settings({"stride": TRAIN_STRIDE}, specials=special_token_count(tokenizer), overrides=asked)
+    return settings
+
+
 def _evaluate(model, tokenizer, dev_rows, cfg: TrainConfig, device, dtype) -> dict:
-    tagger = WordTagger(
-        _unwrap(model),
-        tokenizer,
-        InferenceSettings(max_length=cfg.max_length, stride=cfg.stride, batch_size=cfg.eval_batch_size, context_length=cfg.context_length),
-        device=device,
-        autocast_dtype=dtype,
-    )
-    pred = tagger.predict([r["tokens"] for r in dev_rows], contexts=[(r["context_left"], r["context_right"]) for r in dev_rows])
+    predictor = Predictor(_unwrap(model), tokenizer, inference_settings(cfg, tokenizer), device=device, autocast_dtype=dtype)
+    pred = predictor.predict([r["tokens"] for r in dev_rows], contexts=[(r["context_left"], r["context_right"]) for r in dev_rows])
     return evaluate_tags([r["tags"] for r in dev_rows], pred, scheme="IOB2", mode="strict")
 
 
@@ -458,6 +463,9 @@ def run_training(cfg: TrainConfig) -> dict:
     if cfg.resume and not _run_exists(cfg.run_dir):
         raise FileNotFoundError(f"--resume: no earlier run in {where}")
 
+    # the stride in use from here on (a --stride as long as the window stops here, not in a tokenizing task)
+    tokenizer = load_tokenizer(resolve_model_path(cfg.init_from or cfg.encoder), case_markers=cfg.case_markers and not cfg.init_from)
+    cfg = dataclasses.replace(cfg, stride=inference_settings(cfg, tokenizer).stride)
     reading = Stage("reading and tokenizing data", unit=None)
     train_ds = read_labelled(cfg.train, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column, cfg.context_length, cfg.documents).materialize()
     labels = _labels_for(cfg, train_ds)
@@ -494,10 +502,33 @@ def run_training(cfg: TrainConfig) -> dict:
         result = trainer.fit()
     if result.error is not None:
         raise result.error
-    return _write_output(cfg, result, labels, time.perf_counter() - started)
+    return _write_output(cfg, result, labels, time.perf_counter() - started, datasets.get("dev"))
 
 
-def _write_output(cfg: TrainConfig, result, labels: LabelMap, wall_time: float) -> dict:
+def calibrate(model_dir: str, cfg: TrainConfig, dev_ds) -> dict | None:
+    """Fits the temperature of the model in ``model_dir`` on dev and saves its inference settings
+    (``inference.json``) beside it; returns the dev calibration (None without dev: temperature 1)."""
+    tokenizer = load_tokenizer(model_dir)
+    if dev_ds is None:
+        write_settings(model_dir, inference_settings(cfg, tokenizer))
+        return None
+    rows = sorted(dev_ds.take_all(), key=lambda r: (r["source"], r["line"]))
+    stage = Stage(f"fitting the score temperature on {len(rows):,} dev sentences", unit="windows")
+    predictor = Predictor(load_tagger(model_dir), tokenizer, inference_settings(cfg, tokenizer), device="cpu")
+    _, calibration = score_labelled(
+        predictor,
+        [list(r["tokens"]) for r in rows],
+        [list(r["tags"]) for r in rows],
+        contexts=[(r["context_left"], r["context_right"]) for r in rows],
+        on_batch=lambda done, total: stage.update(done, total=total),
+        fit=True,
+    )
+    stage.finish(f"temperature {calibration['temperature']:.3f}: entity-score ECE {calibration['ece_before']:.3f} -> {calibration['ece']:.3f}")
+    write_settings(model_dir, inference_settings(cfg, tokenizer, calibration["temperature"]))
+    return calibration
+
+
+def _write_output(cfg: TrainConfig, result, labels: LabelMap, wall_time: float, dev_ds=None) -> dict:
     best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: (cm[1]["score"], -cm[1]["epoch"]))
     with result.checkpoint.as_directory() as latest:
         state = torch.load(os.path.join(latest, STATE_FILE), map_location="cpu", weights_only=True)
@@ -513,6 +544,7 @@ def _write_output(cfg: TrainConfig, result, labels: LabelMap, wall_time: float) 
         with open(os.path.join(out_dir, "labels.json"), "w") as fh:
             json.dump(list(labels.labels), fh, indent=1)
         summary = _summary(cfg, history, best_metrics, labels, wall_time)
+        summary["calibration"] = calibrate(out_dir, cfg, dev_ds)
         with open(os.path.join(out_dir, "metrics.json"), "w") as fh:
             json.dump(summary, fh, indent=1)
         write_report(out_dir, training_report(summary, cfg.output))

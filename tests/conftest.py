@@ -264,7 +264,7 @@ def tiny_tagger(tiny_dirs, tmp_path_factory):
     with case markers (``ner_core.casing``) in its tokenizer, as the CoNLL configs train them.
 
     Its predictions are arbitrary but deterministic, which is what the tagging
-    tests need: they compare the job's labels with ``WordTagger`` run in-process.
+    tests need: they compare the job's labels with ``Predictor`` run in-process.
     """
     from ner_core.labels import LabelMap
     from ner_core.tagger import build_tagger, load_tokenizer, save_tagger

@@ -80,13 +80,13 @@ def test_batch_matches_single_and_validates(tokenizer):
     assert batched[0][0].input_ids == encode_words(tokenizer, docs[0], max_length=16)[0].input_ids
     with pytest.raises(ValueError, match="stride"):
         encode_words(tokenizer, ["a"], max_length=8, stride=-1)
-    # a stride larger than the window is capped at half a window, so windows still advance
+    # an overlap as long as the window is refused, not silently shortened: what is asked is what runs
     long_doc = [f"w{i}" for i in range(50)]
-    assert merge_window_predictions(
-        encode_words(tokenizer, long_doc, list(range(50)), max_length=8, stride=100),
-        [w.labels for w in encode_words(tokenizer, long_doc, list(range(50)), max_length=8, stride=100)],
-        50,
-    ) == list(range(50))
+    with pytest.raises(ValueError, match="stride 100 must be >= 0 and shorter than the window"):
+        encode_words(tokenizer, long_doc, list(range(50)), max_length=8, stride=100)
+    # the default overlap fits any window, so windows still advance
+    windows = encode_words(tokenizer, long_doc, list(range(50)), max_length=8)
+    assert merge_window_predictions(windows, [w.labels for w in windows], 50) == list(range(50))
     with pytest.raises(ValueError, match="document 0: 2 words but 1 labels"):
         encode_batch(tokenizer, [["a", "b"]], [[0]])
 

@@ -1,10 +1,11 @@
-"""WordTagger: batched, windowed prediction gives one valid IOB2 label per word."""
+"""Predictor: batched, windowed prediction gives one valid IOB2 label per word."""
 
 from __future__ import annotations
 
 import torch
 
-from ner_core.inference import InferenceSettings, WordTagger, length_batches
+from ner_core.inference import InferenceSettings, length_batches
+from ner_core.predictor import Predictor
 from ner_core.labels import LabelMap, is_valid
 from ner_core.tagger import build_tagger
 from tests.conftest import CONLL_LABELS
@@ -13,7 +14,7 @@ from tests.conftest import CONLL_LABELS
 def test_one_label_per_word_for_any_length(tiny_dirs, tokenizer):
     torch.manual_seed(0)
     model = build_tagger("encoder", tiny_dirs["distilbert"], labels=LabelMap(tuple(CONLL_LABELS)))
-    tagger = WordTagger(model, tokenizer, InferenceSettings(max_length=16, stride=4, batch_size=3))
+    tagger = Predictor(model, tokenizer, InferenceSettings(max_length=16, stride=4, batch_size=3))
     docs = [["Paris"], [], [f"w{i}" for i in range(100)], ["Zürich", "\u200b", "🙂"]]
     labels = tagger.predict(docs)
     assert [len(x) for x in labels] == [1, 0, 100, 3]
@@ -32,7 +33,7 @@ def test_matches_a_plain_forward_pass(tiny_dirs, tokenizer):
         if w is not None and w not in first:
             first[w] = best[pos]
     expected = [first[i] for i in range(len(words))]
-    assert WordTagger(model, tokenizer).predict_ids([words]) == [expected]
+    assert Predictor(model, tokenizer).predict_ids([words]) == [expected]
 
 
 def test_forward_batches_group_similar_lengths_within_their_limits():
@@ -59,6 +60,6 @@ def test_predictions_do_not_depend_on_how_windows_are_batched(tiny_dirs, tokeniz
     torch.manual_seed(0)
     model = build_tagger("encoder", tiny_dirs["distilbert"], labels=LabelMap(tuple(CONLL_LABELS)))
     docs = [[f"w{j}" for j in range(n)] for n in (1, 40, 3, 17, 2, 90, 5)]
-    one_by_one = WordTagger(model, tokenizer, InferenceSettings(max_length=32, stride=8, batch_size=1)).predict_ids(docs)
-    packed = WordTagger(model, tokenizer, InferenceSettings(max_length=32, stride=8, batch_size=64)).predict_ids(docs)
+    one_by_one = Predictor(model, tokenizer, InferenceSettings(max_length=32, stride=8, batch_size=1)).predict_ids(docs)
+    packed = Predictor(model, tokenizer, InferenceSettings(max_length=32, stride=8, batch_size=64)).predict_ids(docs)
     assert packed == one_by_one

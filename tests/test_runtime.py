@@ -9,7 +9,8 @@ import pyarrow.dataset as pads
 import pytest
 import torch
 
-from ner_core.inference import InferenceSettings, WordTagger
+from ner_core.inference import InferenceSettings
+from ner_core.predictor import Predictor
 from ner_core.labels import LabelMap
 from ner_core.runtime import check_runtime, load_runtime
 from ner_core.tagger import build_tagger, load_tagger, load_tokenizer, save_tagger
@@ -63,11 +64,11 @@ def test_onnx_runtimes_predict_what_torch_predicts(arch, tiny_tagger, tiny_encod
     same = (int8(input_ids=ids, attention_mask=mask).logits.argmax(-1) == expected.argmax(-1))[real]
     assert same.float().mean() >= 0.9  # int8 weights move near-ties; a trained model's F1 is the real check
 
-    # the way jobs.evaluate and the tagging actors use it: WordTagger with the engine in place of the model
+    # the way jobs.evaluate and the tagging actors use it: Predictor with the engine in place of the model
     tokenizer = load_tokenizer(model_dir)
     docs = [["Anna", "met", "Bob", "in", "Paris", "."], ["one"], [f"w{i}" for i in range(40)]]
     settings = InferenceSettings(max_length=16, stride=4, batch_size=2)
-    assert WordTagger(fp32, tokenizer, settings).predict_ids(docs) == WordTagger(reference, tokenizer, settings).predict_ids(docs)
+    assert Predictor(fp32, tokenizer, settings).predict_ids(docs) == Predictor(reference, tokenizer, settings).predict_ids(docs)
 
 
 def test_export_is_cached_and_redone_when_the_weights_change(tiny_encoder_tagger, tmp_path):
@@ -98,7 +99,7 @@ def test_unknown_runtime_and_gpu_are_refused(tiny_encoder_tagger, onnx_cache):
     with pytest.raises(ValueError, match="--runtime must be one of torch, onnx, onnx-int8"):
         check_runtime("tensorrt")
     with pytest.raises(ValueError, match="run on CPU"):
-        WordTagger(load_runtime(tiny_encoder_tagger, "onnx", cache_dir=onnx_cache), load_tokenizer(tiny_encoder_tagger), device="cuda")
+        Predictor(load_runtime(tiny_encoder_tagger, "onnx", cache_dir=onnx_cache), load_tokenizer(tiny_encoder_tagger), device="cuda")
 
 
 def test_evaluate_scores_the_onnx_runtime_like_torch(ray_cluster, tiny_tagger, tmp_path):
@@ -127,7 +128,7 @@ def test_tag_job_runs_int8_and_keeps_the_runtime_with_its_output(ray_cluster, ti
     assert manifest["rows_written"] == 20 and manifest["settings"]["runtime"] == "onnx-int8"
 
     engine = load_runtime(tiny_tagger, "onnx-int8")  # the actor's export, from the cache
-    tagger = WordTagger(engine, load_tokenizer(tiny_tagger), InferenceSettings(max_length=24, stride=6))
+    tagger = Predictor(engine, load_tokenizer(tiny_tagger), InferenceSettings(max_length=24, stride=6))
     rows = pads.dataset(str(tmp_path / "out"), format="parquet").to_table().to_pylist()
     assert all(row["labels"] == tagger.predict([row["tokens"]])[0] for row in rows)
 

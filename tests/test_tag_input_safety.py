@@ -46,7 +46,7 @@ def _write_corpus(folder) -> list[dict]:
 
 
 def _input_part(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k not in ("tokens", "labels", "entities")}
+    return {k: v for k, v in row.items() if k not in ("tokens", "labels", "scores", "entities")}
 
 
 def test_fields_whose_type_varies_come_back_as_read(ray_cluster, tiny_tagger, tmp_path):

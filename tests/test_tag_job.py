@@ -2,7 +2,7 @@
 
 Every test reconciles rows (read == written + failed), checks that labels
 line up with tokens and form valid IOB2, that entity offsets slice back to
-the entity text, and that the labels equal ``WordTagger`` run in-process on
+the entity text, and that the labels equal ``Predictor`` run in-process on
 the same words (so windows over long documents are merged correctly).
 """
 
@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import tag as tag_job
-from ner_core.inference import InferenceSettings, WordTagger
+from ner_core.inference import InferenceSettings
+from ner_core.predictor import Predictor
 from ner_core.labels import is_valid
 from ner_core.sample_data import make_sentences, make_texts
 from ner_core.tagger import load_tagger, load_tokenizer
@@ -34,7 +35,7 @@ LONG_TEXT = " ".join(f"Alice{i} visited Paris with Bob." for i in range(60))  # 
 @pytest.fixture(scope="module")
 def reference(tiny_tagger):
     """What the job's labels must equal: the same tagger and windows, run in this process."""
-    tagger = WordTagger(load_tagger(tiny_tagger), load_tokenizer(tiny_tagger), InferenceSettings(max_length=24, stride=6, batch_size=16))
+    tagger = Predictor(load_tagger(tiny_tagger), load_tokenizer(tiny_tagger), InferenceSettings(max_length=24, stride=6, batch_size=16))
     return lambda words: tagger.predict([words])[0]
 
 
@@ -52,8 +53,9 @@ def _read_output(out, fmt="parquet") -> list[dict]:
 
 def _check_rows(rows: list[dict], reference, text_column: str | None = "text") -> None:
     for row in rows:
-        assert len(row["labels"]) == len(row["tokens"]) and is_valid(row["labels"], "IOB2")
+        assert len(row["labels"]) == len(row["tokens"]) == len(row["scores"]) and is_valid(row["labels"], "IOB2")
         assert row["labels"] == reference(row["tokens"])
+        assert all(0.0 <= s <= 1.0 for s in row["scores"]) and all(0.0 <= e["score"] <= 1.0 for e in row["entities"])
         for ent in row["entities"]:
             if text_column:
                 assert row[text_column][ent["start"] : ent["end"]] == ent["text"]
@@ -206,6 +208,7 @@ def test_changed_settings_refuse_to_mix_into_existing_output(ray_cluster, tiny_t
         (["--input", "nowhere/*.jsonl"], "no input files at nowhere/*.jsonl"),
         (["--model", "/no/such/model"], "cannot load model '/no/such/model'"),
         (["--actors", "3-1"], "--actors must be N or MIN-MAX"),
+        (["--stride", "200"], "stride 200 is not shorter than the window (126 subwords of max_length 128)"),
     ],
 )
 def test_unrunnable_jobs_exit_2_with_one_line(ray_cluster, tiny_tagger, tmp_path, capsys, argv, message):
@@ -251,20 +254,28 @@ def test_a_damaged_model_copy_is_refused_before_tagging(ray_cluster, tiny_tagger
 
 
 def test_the_actor_batches_forward_passes_as_the_command_line_says(tiny_tagger):
-    # --window-batch-size and --batch-tokens reach the model's batching (--batch-tokens used
-    # to stop at the plan); on CPU a batch is never cut by its padding share (GPU only)
+    # --window-batch-size and --batch-tokens bound what the model sees in one forward pass
     from pipelines.tag_actor import TagActor
     from pipelines.tag_config import TagConfig, TagPlan
+    from pipelines.tag_input import ERROR, RAW, ROW, SRC, jsonl_block
     from pipelines.tag_model import check_model
 
     model = check_model(str(tiny_tagger))
+    texts = [" ".join(["word"] * (1 + i % 40)) for i in range(300)]
+    rows = [{"text": t, SRC: "a.jsonl", ROW: i, ERROR: None, RAW: None} for i, t in enumerate(texts)]
 
-    def actor(**settings) -> TagActor:
+    def shapes(**settings) -> list[tuple[int, int]]:
         cfg = TagConfig(model=str(tiny_tagger), input="corpus/", output="tagged/", **settings)
-        return TagActor(TagPlan.resolve(cfg, model.identity, model.max_positions, "jsonl"))
+        actor = TagActor(TagPlan.resolve(cfg, model, "jsonl"))
+        seen = []
+        actor.predictor.model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+        actor(jsonl_block(rows, "text", False))
+        return seen
 
-    assert actor().tagger.batching == (64, 2048, None)
-    assert actor(window_batch_size=32, batch_tokens=512).tagger.batching == (32, 512, None)
+    default, small = shapes(), shapes(window_batch_size=32, batch_tokens=512)
+    assert max(n for n, _ in default) == 64 and all(n * width <= 2048 for n, width in default)
+    assert max(n for n, _ in small) == 32 and all(n * width <= 512 for n, width in small)
+    assert sum(n for n, _ in small) == sum(n for n, _ in default) == 300  # every window once, whatever the cut
 
 
 def test_the_actor_loads_and_runs_the_model_on_one_thread_whichever_thread_calls_it(tiny_tagger):
@@ -283,9 +294,9 @@ def test_the_actor_loads_and_runs_the_model_on_one_thread_whichever_thread_calls
 
     model = check_model(str(tiny_tagger))
     cfg = TagConfig(model=str(tiny_tagger), input="corpus/", output="tagged/", torch_threads=1)
-    actor = TagActor(TagPlan.resolve(cfg, model.identity, model.max_positions, "jsonl"))
+    actor = TagActor(TagPlan.resolve(cfg, model, "jsonl"))
     forward_passes = []
-    actor.tagger.model.register_forward_pre_hook(lambda *_: forward_passes.append((threading.get_ident(), torch.get_num_threads())))
+    actor.predictor.model.register_forward_pre_hook(lambda *_: forward_passes.append((threading.get_ident(), torch.get_num_threads())))
     rows = [{"text": text, SRC: "a_b.jsonl", ROW: i, ERROR: None, RAW: None} for i, text in enumerate(["Alice Smith flew to New York.", "AT&T won 2-1."])]
 
     tagged = []
@@ -312,3 +323,37 @@ def test_cpu_actors_keep_a_bounded_kernel_cache_unless_the_environment_sets_one(
     assert cache(gpus_per_actor=1) == {}  # GPU actors: oneDNN's own default
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
     assert cache(mixed_precision="bf16") == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"}
+
+
+def test_a_model_is_tagged_with_its_own_windows_and_temperature_and_scores_agree(ray_cluster, tiny_tagger, tmp_path):
+    # a model trained with short windows (saved in inference.json) is tagged with them, and
+    # jobs.tag writes exactly what the one predictor gives in-process: labels, entities, scores
+    import shutil
+
+    from ner_core.documents import document_from_tokens
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_tagger, model)
+    (model / "inference.json").write_text(json.dumps({"max_length": 20, "stride": 5, "context_length": 0, "temperature": 1.6}))
+    docs = [tokens for tokens, _ in make_sentences(40, seed=9)] + [[f"Word{i}" for i in range(45)]]
+    src = tmp_path / "in"
+    src.mkdir()
+    _write_jsonl(src / "a_b.jsonl", [json.dumps({"id": i, "words": d}) for i, d in enumerate(docs)])
+    out = tmp_path / "out"
+    flags = ["--actors", "1", "--cpus-per-actor", "0.5", "--batch-size", "16", "--tokens-column", "words", "--output-format", "jsonl"]
+
+    assert tag_job.main(["--model", str(model), "--input", str(src), "--output", str(out), "--min-score", "0.12", "--all-scores", "true", *flags]) == 0
+
+    settings = json.loads((out / "_manifest.json").read_text())["settings"]
+    assert (settings["max_length"], settings["stride"], settings["temperature"], settings["min_score"]) == (20, 5, 1.6, 0.12)
+    rows = sorted(_read_output(out, "jsonl"), key=lambda r: r["id"])
+    expected = Predictor.load(str(model), device="cpu").tag_documents([document_from_tokens({"w": d}, "w") for d in docs], min_score=0.12, all_scores=True)
+    assert [r["labels"] for r in rows] == [e.labels for e in expected]
+    for row, exp in zip(rows, expected):
+        assert row["scores"] == pytest.approx(exp.scores, abs=1e-6)
+        assert [(e["type"], e["start"], e["end"], e["text"]) for e in row["entities"]] == [(e["type"], e["start"], e["end"], e["text"]) for e in exp.entities]
+        for ent in row["entities"]:  # an entity's score is its lowest word's, and none is under --min-score
+            assert ent["score"] == pytest.approx(min(row["scores"][ent["start"] : ent["end"]]), abs=1e-6) and ent["score"] >= 0.12
+        assert [sum(p) for p in row["all_scores"]] == pytest.approx([1.0] * len(row["tokens"]), abs=1e-4)
+        inside = {i for e in row["entities"] for i in range(e["start"], e["end"])}
+        assert all((label != "O") == (i in inside) for i, label in enumerate(row["labels"]))  # labels and entities agree
