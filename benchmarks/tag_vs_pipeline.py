@@ -145,14 +145,14 @@ def tree_pss(pid: int) -> tuple[int, dict[str, int]]:
     return total, kinds
 
 
-def run_measured(cmd: list[str], env: dict, memory: bool = False) -> tuple[float, dict | None, str]:
+def run_measured(cmd: list[str], env: dict, memory: bool = False, cwd: str = ROOT) -> tuple[float, dict | None, str]:
     """(seconds, peak tree PSS {"bytes", "by_process" (MiB)} or None, stdout) of a subprocess.
 
     PSS is sampled only when ``memory``: reading every process's smaps costs CPU (about a
     third of a core for a Ray job's dozen processes), which a timed run must not pay.
     """
     start = time.time()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=cwd)
     peak = {"bytes": 0, "by_process": {}} if memory else None
     done = threading.Event()
 
