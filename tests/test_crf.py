@@ -1,0 +1,191 @@
+"""The CRF head: exact against brute force on short sequences, IOB2-valid decoding, and the
+head in both tagger architectures (loss, gradients, save and reload)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from ner_core.crf import CRF, IGNORE_INDEX, allowed_transitions, compact, crf_loss, decode_words
+from ner_core.labels import LabelMap, is_valid
+
+LABEL_SETS = [
+    ("O", "B", "I"),  # untyped IOB: the project's first user
+    ("O", "B-PER", "I-PER", "B-LOC", "I-LOC"),
+    ("O", "B-A", "I-A", "B-B"),  # a type whose I- never appears: B-B I-A is still forbidden
+]
+
+
+def _random_crf(labels, seed=0) -> CRF:
+    torch.manual_seed(seed)
+    crf = CRF(labels)
+    with torch.no_grad():
+        for p in (crf.transitions, crf.start, crf.end):
+            p.normal_(0, 1.5)
+    return crf
+
+
+def _brute_force(crf: CRF, emissions: torch.Tensor) -> dict[tuple[int, ...], float]:
+    """Every allowed label sequence of one row and its score, by enumeration."""
+    length, n = emissions.shape
+    allowed, allowed_start = allowed_transitions(crf._labels)
+    scores = {}
+    for path in itertools.product(range(n), repeat=length):
+        if not allowed_start[path[0]] or any(not allowed[a, b] for a, b in zip(path, path[1:])):
+            continue
+        s = crf.start[path[0]] + crf.end[path[-1]] + sum(emissions[t, j] for t, j in enumerate(path))
+        s = s + sum(crf.transitions[a, b] for a, b in zip(path, path[1:]))
+        scores[path] = float(s)
+    return scores
+
+
+@pytest.mark.parametrize("labels", LABEL_SETS)
+def test_matches_brute_force(labels):
+    """log Z, the log-likelihood, Viterbi and the marginals, for lengths 1-4 in one padded batch."""
+    crf = _random_crf(labels)
+    n, lengths = len(labels), [4, 1, 3, 2]
+    torch.manual_seed(1)
+    emissions = torch.randn(len(lengths), max(lengths), n) * 2
+    mask = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
+    with torch.no_grad():
+        log_z = crf.log_partition(emissions, mask)
+        best = crf.viterbi(emissions, mask)
+        marg = crf.marginals(emissions, mask)
+        for row, length in enumerate(lengths):
+            paths = _brute_force(crf, emissions[row, :length])
+            all_scores = torch.tensor(list(paths.values()))
+            assert log_z[row].item() == pytest.approx(torch.logsumexp(all_scores, 0).item(), abs=1e-4)
+            argmax = max(paths, key=paths.get)
+            assert best[row, :length].tolist() == list(argmax)
+            assert (best[row, length:] == IGNORE_INDEX).all()
+            probs = (all_scores - torch.logsumexp(all_scores, 0)).exp()
+            expected = torch.zeros(length, n)
+            for p, path in zip(probs, paths):
+                for t, j in enumerate(path):
+                    expected[t, j] += p
+            assert torch.allclose(marg[row, :length], expected, atol=1e-5)
+            assert (marg[row, length:] == 0).all()
+            # the likelihood of one path is its score against all of them
+            tags = torch.zeros(1, max(lengths), dtype=torch.long)
+            tags[0, :length] = torch.tensor(argmax)
+            ll = crf.log_likelihood(emissions[row : row + 1], tags, mask[row : row + 1])
+            assert ll.item() == pytest.approx(paths[argmax] - torch.logsumexp(all_scores, 0).item(), abs=1e-4)
+
+
+def test_constraints_are_iob2():
+    allowed, start = allowed_transitions(LabelMap(("O", "B-PER", "I-PER", "B-LOC", "I-LOC")))
+    names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    forbidden = {(names[i], names[j]) for i in range(5) for j in range(5) if not allowed[i, j]}
+    assert forbidden == {
+        ("O", "I-PER"), ("O", "I-LOC"), ("B-PER", "I-LOC"), ("I-PER", "I-LOC"), ("B-LOC", "I-PER"), ("I-LOC", "I-PER"),
+    }  # fmt: skip
+    assert [names[j] for j in range(5) if not start[j]] == ["I-PER", "I-LOC"]
+    allowed, start = allowed_transitions(["O", "B", "I"])
+    assert not allowed[0, 2] and allowed[1, 2] and allowed[2, 2] and start.tolist() == [True, True, False]
+    with pytest.raises(ValueError, match="LABEL_0"):
+        CRF({0: "LABEL_0", 1: "LABEL_1"})
+    with pytest.raises(ValueError, match="not IOB2"):
+        CRF(["O", "S-PER", "B-PER", "I-PER", "E-PER"])
+
+
+@pytest.mark.parametrize("labels", LABEL_SETS[:2])
+def test_viterbi_never_breaks_iob2(labels):
+    """Emissions that scream for I- after O (and at the start) still decode to valid IOB2."""
+    crf = _random_crf(labels, seed=2)
+    i_labels = [j for j, name in enumerate(labels) if name.startswith("I")]
+    emissions = torch.zeros(3, 6, len(labels))
+    emissions[:, :, 0] = 5.0
+    emissions[0, :, i_labels[0]] = 100.0  # I everywhere, from the start
+    emissions[1, 3, i_labels[0]] = 100.0  # O O O I O O
+    emissions[2, :, i_labels[-1]] = 100.0
+    emissions[2, 0, 1] = 50.0  # B of the first type, then the last type's I
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    best = crf.viterbi(emissions, mask)
+    for row in best.tolist():
+        assert is_valid([labels[j] for j in row], "IOB2"), [labels[j] for j in row]
+    # a sequence the constraints allow is not disturbed: B I I ... wins where it is strongly asked for
+    emissions = torch.full((1, 3, len(labels)), -10.0)
+    emissions[0, 0, 1], emissions[0, 1, 2], emissions[0, 2, 2] = 20.0, 20.0, 20.0
+    assert crf.viterbi(emissions, torch.ones(1, 3, dtype=torch.bool)).tolist() == [[1, 2, 2]]
+
+
+def test_padding_changes_nothing():
+    """A row's results are the same alone, padded with zeros, or padded with garbage."""
+    labels = LABEL_SETS[1]
+    crf = _random_crf(labels, seed=3)
+    torch.manual_seed(4)
+    row = torch.randn(1, 3, len(labels))
+    tags = torch.tensor([[1, 2, 0]])
+    alone = (crf.log_likelihood(row, tags, torch.ones(1, 3)), crf.viterbi(row, torch.ones(1, 3)), crf.marginals(row, torch.ones(1, 3)))
+    for fill in (0.0, 1e3):
+        padded = torch.cat([row, torch.full((1, 4, len(labels)), fill)], 1)
+        mask = torch.tensor([[1, 1, 1, 0, 0, 0, 0]], dtype=torch.bool)
+        padded_tags = torch.cat([tags, torch.full((1, 4), IGNORE_INDEX)], 1)
+        assert torch.allclose(crf.log_likelihood(padded, padded_tags, mask), alone[0], atol=1e-5)
+        assert crf.viterbi(padded, mask)[:, :3].tolist() == alone[1].tolist()
+        assert torch.allclose(crf.marginals(padded, mask)[:, :3], alone[2], atol=1e-6)
+    # an empty row is harmless
+    empty = torch.zeros(1, 2, dtype=torch.bool)
+    assert crf.log_likelihood(torch.randn(1, 2, len(labels)), torch.zeros(1, 2, dtype=torch.long), empty).item() == 0.0
+    assert crf.viterbi(torch.randn(1, 2, len(labels)), empty).tolist() == [[IGNORE_INDEX] * 2]
+
+
+def test_training_lowers_the_negative_log_likelihood():
+    """Emissions from a linear layer over random features, CRF and all, fitted to IOB2 sequences."""
+    labels = LABEL_SETS[1]
+    torch.manual_seed(5)
+    crf, proj = CRF(labels), torch.nn.Linear(8, len(labels))
+    feats = torch.randn(16, 5, 8)
+    gold = [["O", "B-PER", "I-PER", "O", "B-LOC"], ["B-LOC", "I-LOC", "I-LOC", "O", "O"]] * 8
+    tags = torch.tensor([LabelMap(labels).encode(g) for g in gold])
+    mask = torch.ones(16, 5, dtype=torch.bool)
+    opt = torch.optim.Adam([*crf.parameters(), *proj.parameters()], lr=0.05)
+    losses = []
+    for _ in range(40):
+        loss = -crf.log_likelihood(proj(feats), tags, mask).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.5
+    assert crf.transitions.grad is not None and crf.transitions.grad.abs().sum() > 0
+
+
+def test_compact_loss_and_decode_over_word_starts():
+    """Subword positions are dropped (IGNORE_INDEX labels), and results go back where they came from."""
+    labels = LABEL_SETS[1]
+    crf = _random_crf(labels, seed=6)
+    torch.manual_seed(7)
+    logits = torch.randn(2, 7, len(labels))
+    # row 0: words at 1, 2, 4 (3 is a continuation subword); row 1: words at 1, 5
+    sub_labels = torch.full((2, 7), IGNORE_INDEX)
+    sub_labels[0, [1, 2, 4]] = torch.tensor([1, 2, 0])
+    sub_labels[1, [1, 5]] = torch.tensor([2, 2])  # a window cut inside an entity starts with I-PER
+    emissions, mask, index = compact(logits, sub_labels != IGNORE_INDEX)
+    assert mask.tolist() == [[True] * 3, [True, True, False]]
+    assert torch.equal(emissions[0], logits[0, [1, 2, 4]]) and torch.equal(emissions[1, :2], logits[1, [1, 5]])
+    tags = torch.tensor([[1, 2, 0], [2, 2, 0]])
+    free = torch.tensor([False, True])
+    expected = -crf.log_likelihood(emissions, tags, mask, free).mean()
+    loss = crf_loss(crf, logits, sub_labels)
+    assert torch.allclose(loss, expected) and loss.isfinite()
+    # the free start is what keeps that window's loss sane: constrained, its gold path is "impossible"
+    assert -crf.log_likelihood(emissions[1:], tags[1:], mask[1:]).item() > 1e3
+
+    class Tagger(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.crf = crf
+
+    ids, scores = decode_words(Tagger(), logits, sub_labels != IGNORE_INDEX)
+    best, marg = crf.viterbi(emissions, mask), crf.marginals(emissions, mask)
+    assert ids[0, [1, 2, 4]].tolist() == best[0].tolist() and ids[1, [1, 5]].tolist() == best[1, :2].tolist()
+    assert (ids[sub_labels == IGNORE_INDEX] == IGNORE_INDEX).all() and (scores[sub_labels == IGNORE_INDEX] == 0).all()
+    assert scores[0, 4].item() == pytest.approx(marg[0, 2, best[0, 2]].item())
+    # a linear head: argmax and softmax at the same positions
+    ids, scores = decode_words(torch.nn.Module(), logits, sub_labels != IGNORE_INDEX)
+    assert ids[0, 1].item() == logits[0, 1].argmax().item()
+    assert scores[0, 1].item() == pytest.approx(logits[0, 1].softmax(-1).max().item())
+    assert (ids[sub_labels == IGNORE_INDEX] == IGNORE_INDEX).all()
