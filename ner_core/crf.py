@@ -59,8 +59,8 @@ def allowed_transitions(labels: LabelMap | Sequence[str] | Mapping[int, str]) ->
 def _names(labels) -> list[str]:
     if isinstance(labels, LabelMap):
         return list(labels.labels)
-    if isinstance(labels, Mapping):
-        return list(LabelMap.from_id2label(labels).labels)
+    if isinstance(labels, Mapping):  # an HF config's id2label: keys are ints, or strs after JSON
+        return [labels[k] for k in sorted(labels, key=int)]
     return list(labels)
 
 
@@ -77,19 +77,15 @@ class CRF(nn.Module):
         self.start = nn.Parameter(torch.zeros(n))
         self.end = nn.Parameter(torch.zeros(n))
         # Persistent: HF builds models on the meta device and fills in only what the checkpoint
-        # (or _init_weights, via reset_parameters) gives; the masks come back from the file.
+        # (or, for a new head, ner_core.model's _init_weights) gives; the masks come back from the file.
         self.register_buffer("allowed", allowed)
         self.register_buffer("allowed_start", allowed_start)
         self._labels = _names(labels)
 
-    def reset_parameters(self) -> None:
-        """Zero scores (the emissions decide at first) and the masks from the label names."""
-        allowed, allowed_start = allowed_transitions(self._labels)
-        with torch.no_grad():
-            for p in (self.transitions, self.start, self.end):
-                p.zero_()
-            self.allowed.copy_(allowed)
-            self.allowed_start.copy_(allowed_start)
+    @property
+    def label_names(self) -> list[str]:
+        """The label names the constraints were built from, by label id."""
+        return list(self._labels)
 
     def _scores(self, forbidden: float, free_start: torch.Tensor | None = None, batch: int = 1):
         """Masked ``(transitions, start (batch, labels))``; ``free_start`` rows keep every start."""

@@ -30,7 +30,7 @@ def _random_crf(labels, seed=0) -> CRF:
 def _brute_force(crf: CRF, emissions: torch.Tensor) -> dict[tuple[int, ...], float]:
     """Every allowed label sequence of one row and its score, by enumeration."""
     length, n = emissions.shape
-    allowed, allowed_start = allowed_transitions(crf._labels)
+    allowed, allowed_start = allowed_transitions(crf.label_names)
     scores = {}
     for path in itertools.product(range(n), repeat=length):
         if not allowed_start[path[0]] or any(not allowed[a, b] for a, b in zip(path, path[1:])):
@@ -189,3 +189,73 @@ def test_compact_loss_and_decode_over_word_starts():
     assert ids[0, 1].item() == logits[0, 1].argmax().item()
     assert scores[0, 1].item() == pytest.approx(logits[0, 1].softmax(-1).max().item())
     assert (ids[sub_labels == IGNORE_INDEX] == IGNORE_INDEX).all()
+
+
+# --- the head in both architectures ---------------------------------------------------------
+
+
+def _labelled_windows(tokenizer, labels: LabelMap):
+    """Two windows as training makes them: labels on first subwords, IGNORE_INDEX elsewhere."""
+    from ner_core.alignment import encode_batch, pad_windows
+
+    docs = [["Angela", "Merkel", "visited", "Paris", "yesterday"], ["Hello", "Lovelace"]]
+    tags = [["B-PER", "I-PER", "O", "B-LOC", "O"], ["O", "B-PER"]]
+    windows = [w for doc in encode_batch(tokenizer, docs, [labels.encode(t) for t in tags], max_length=32) for w in doc]
+    batch = {k: torch.tensor(v) for k, v in pad_windows(windows, tokenizer.pad_token_id).items()}
+    return batch, windows
+
+
+@pytest.mark.parametrize("arch", ["encoder", "encoder-decoder"])
+def test_crf_head_trains_saves_and_reloads(tiny_dirs, tokenizer, tmp_path, arch):
+    import json
+
+    from ner_core.crf import crf_of
+    from ner_core.model_files import read_saved_model
+    from ner_core.tagger import build_tagger, load_tagger, save_tagger, tagger_arch, tagger_head
+    from tests.conftest import CONLL_LABELS
+
+    labels = LabelMap(tuple(CONLL_LABELS))
+    torch.manual_seed(0)
+    model = build_tagger(arch, tiny_dirs["distilbert"], tiny_dirs["bert"] if arch == "encoder-decoder" else None, labels=labels, head="crf")
+    assert tagger_arch(model) == arch and tagger_head(model) == "crf"
+    assert torch.equal(crf_of(model).allowed, allowed_transitions(labels)[0])
+    batch, _ = _labelled_windows(tokenizer, labels)
+    out = model(**batch)  # the training loop's call: input_ids, attention_mask, labels
+    assert out.loss.isfinite() and out.logits.shape == (*batch["input_ids"].shape, 9)
+    out.loss.backward()
+    assert crf_of(model).transitions.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)  # DDP needs every one used
+
+    with torch.no_grad():  # scores that are not zero, so the reload is seen to keep them
+        crf_of(model).transitions.normal_()
+    save_tagger(model, tokenizer, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["tagger_head"] == "crf" and "auto_map" not in config
+    assert read_saved_model(str(tmp_path)).head == "crf"  # what the tagging driver reads, no torch
+    reloaded = load_tagger(tmp_path).eval()
+    model.eval()
+    assert tagger_head(reloaded) == "crf" and type(reloaded) is type(model)
+    assert torch.equal(crf_of(reloaded).transitions, crf_of(model).transitions)
+    starts = batch["labels"] != IGNORE_INDEX
+    with torch.no_grad():
+        before = decode_words(model, model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, starts)
+        after = decode_words(reloaded, reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, starts)
+    assert torch.equal(before[0], after[0]) and torch.allclose(before[1], after[1])
+    assert (before[0][starts] >= 0).all() and ((before[1][starts] > 0) & (before[1][starts] <= 1)).all()
+
+
+@pytest.mark.parametrize("arch", ["encoder", "encoder-decoder"])
+def test_models_without_the_setting_load_linear(tiny_dirs, tmp_path, arch):
+    import json
+
+    from ner_core.tagger import build_tagger, load_tagger, tagger_head
+    from tests.conftest import CONLL_LABELS
+
+    model = build_tagger(arch, tiny_dirs["distilbert"], tiny_dirs["bert"] if arch == "encoder-decoder" else None, labels=LabelMap(tuple(CONLL_LABELS)))
+    assert tagger_head(model) == "linear"
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.pop("tagger_head", None)  # as saved before the setting existed
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    reloaded = load_tagger(tmp_path)
+    assert tagger_head(reloaded) == "linear" and type(reloaded) is type(model)
