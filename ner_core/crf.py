@@ -214,6 +214,32 @@ def crf_loss(crf: CRF, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return -crf.log_likelihood(emissions, tags, mask, free_start).mean()
 
 
+def load_crf(model_dir: str) -> CRF | None:
+    """The CRF head saved in a tagger's folder (``crf.*`` of its safetensors), or None for a linear one.
+
+    For engines that run only the network (``ner_core.runtime``'s ONNX sessions return
+    logits): the head is read from the files, without loading the model.
+    """
+    import json
+    import os
+
+    from safetensors import safe_open
+
+    from ner_core.model_files import HEAD_KEY, _weight_files
+
+    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as fh:
+        config = json.load(fh)
+    if (config.get(HEAD_KEY) or "linear") != "crf":
+        return None
+    crf = CRF(config["id2label"])
+    state = {}
+    for file in _weight_files(model_dir):
+        with safe_open(file, framework="pt") as f:
+            state.update({k.removeprefix("crf."): f.get_tensor(k) for k in f.keys() if k.startswith("crf.")})
+    crf.load_state_dict(state)  # strict: a CRF config whose weights lack the head is an error
+    return crf
+
+
 def crf_of(model) -> CRF | None:
     """A tagger's CRF head (through a DDP wrapper too); None for a linear head."""
     model = getattr(model, "module", model)

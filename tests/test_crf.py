@@ -259,3 +259,29 @@ def test_models_without_the_setting_load_linear(tiny_dirs, tmp_path, arch):
     (tmp_path / "config.json").write_text(json.dumps(config))
     reloaded = load_tagger(tmp_path)
     assert tagger_head(reloaded) == "linear" and type(reloaded) is type(model)
+
+
+def test_onnx_engine_keeps_the_crf_head(tiny_dirs, tokenizer, tmp_path):
+    """The ONNX session gives emissions only: the head comes from the files, and decodes the same."""
+    from ner_core.crf import crf_of, load_crf
+    from ner_core.runtime import load_runtime
+    from ner_core.tagger import build_tagger, load_tagger, save_tagger
+    from tests.conftest import CONLL_LABELS
+
+    labels = LabelMap(tuple(CONLL_LABELS))
+    torch.manual_seed(1)
+    model = build_tagger("encoder", tiny_dirs["distilbert"], labels=labels, head="crf")
+    with torch.no_grad():
+        crf_of(model).transitions.normal_()
+    save_tagger(model, tokenizer, tmp_path / "model")
+    assert torch.equal(load_crf(str(tmp_path / "model")).transitions, crf_of(model).transitions)
+    assert load_crf(tiny_dirs["bert_tagger"]) is None  # a linear head
+    batch, _ = _labelled_windows(tokenizer, labels)
+    starts = batch["labels"] != IGNORE_INDEX
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    torch_model = load_tagger(tmp_path / "model").eval()
+    onnx_model = load_runtime(tmp_path / "model", "onnx", cache_dir=str(tmp_path / "cache"))
+    with torch.no_grad():
+        expected = decode_words(torch_model, torch_model(**inputs).logits, starts)
+    got = decode_words(onnx_model, onnx_model(**inputs).logits, starts)
+    assert torch.equal(got[0], expected[0]) and torch.allclose(got[1], expected[1], atol=1e-4)
