@@ -247,6 +247,22 @@ def crf_of(model) -> CRF | None:
     return crf if isinstance(crf, CRF) else None
 
 
+def word_start_mask(word_ids: Sequence[Sequence[int | None]], length: int) -> torch.Tensor:
+    """``(windows, length)`` bool: true on each word's first subword, where training put its label.
+
+    ``word_ids``: each window's ``ner_core.alignment.Window.word_ids`` (None on special tokens,
+    case markers and context); ``length``: the padded length of the batch.
+    """
+    mask = torch.zeros(len(word_ids), length, dtype=torch.bool)
+    for row, wids in enumerate(word_ids):
+        previous = None
+        for pos, w in enumerate(wids):
+            if w is not None and w != previous:
+                mask[row, pos] = True
+            previous = w
+    return mask
+
+
 def decode_words(model, logits: torch.Tensor, word_start_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Label ids and their confidence at each word's first subword, for either head.
 

@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from ner_core.crf import CRF, IGNORE_INDEX, allowed_transitions, compact, crf_loss, decode_words
+from ner_core.crf import CRF, IGNORE_INDEX, allowed_transitions, compact, crf_loss, decode_words, word_start_mask
 from ner_core.labels import LabelMap, is_valid
 
 LABEL_SETS = [
@@ -195,12 +195,15 @@ def test_compact_loss_and_decode_over_word_starts():
 
 
 def _labelled_windows(tokenizer, labels: LabelMap):
-    """Two windows as training makes them: labels on first subwords, IGNORE_INDEX elsewhere."""
+    """Windows as training makes them: labels on first subwords, IGNORE_INDEX elsewhere; short
+    windows, so the long organisation name is cut and a window starts inside it (with I-ORG)."""
     from ner_core.alignment import encode_batch, pad_windows
 
-    docs = [["Angela", "Merkel", "visited", "Paris", "yesterday"], ["Hello", "Lovelace"]]
-    tags = [["B-PER", "I-PER", "O", "B-LOC", "O"], ["O", "B-PER"]]
-    windows = [w for doc in encode_batch(tokenizer, docs, [labels.encode(t) for t in tags], max_length=32) for w in doc]
+    docs = [["Angela", "Merkel", "visited", "Paris"], ["Hello", "Lovelace"], "The Bank of New York Mellon Corporation reported".split()]
+    tags = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-PER"], ["O", "B-ORG", "I-ORG", "I-ORG", "I-ORG", "I-ORG", "I-ORG", "O"]]
+    windows = [w for doc in encode_batch(tokenizer, docs, [labels.encode(t) for t in tags], max_length=8, stride=1) for w in doc]
+    assert any(labels.labels[next(x for x in w.labels if x != IGNORE_INDEX)] == "I-ORG" for w in windows)
+    assert any(sum(x is not None for x in w.word_ids) > sum(x != IGNORE_INDEX for x in w.labels) for w in windows)  # subwords
     batch = {k: torch.tensor(v) for k, v in pad_windows(windows, tokenizer.pad_token_id).items()}
     return batch, windows
 
@@ -216,12 +219,16 @@ def test_crf_head_trains_saves_and_reloads(tiny_dirs, tokenizer, tmp_path, arch)
 
     labels = LabelMap(tuple(CONLL_LABELS))
     torch.manual_seed(0)
+    batch, windows = _labelled_windows(tokenizer, labels)
+    starts = batch["labels"] != IGNORE_INDEX
+    # what a predictor builds from the windows is exactly where training put the labels
+    assert torch.equal(word_start_mask([w.word_ids for w in windows], starts.shape[1]), starts)
     model = build_tagger(arch, tiny_dirs["distilbert"], tiny_dirs["bert"] if arch == "encoder-decoder" else None, labels=labels, head="crf")
     assert tagger_arch(model) == arch and tagger_head(model) == "crf"
     assert torch.equal(crf_of(model).allowed, allowed_transitions(labels)[0])
-    batch, _ = _labelled_windows(tokenizer, labels)
     out = model(**batch)  # the training loop's call: input_ids, attention_mask, labels
-    assert out.loss.isfinite() and out.logits.shape == (*batch["input_ids"].shape, 9)
+    # finite and modest: the window that starts with I-ORG is not scored as an impossible path
+    assert out.loss.isfinite() and out.loss < 100 and out.logits.shape == (*batch["input_ids"].shape, 9)
     out.loss.backward()
     assert crf_of(model).transitions.grad.abs().sum() > 0
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)  # DDP needs every one used
@@ -236,7 +243,6 @@ def test_crf_head_trains_saves_and_reloads(tiny_dirs, tokenizer, tmp_path, arch)
     model.eval()
     assert tagger_head(reloaded) == "crf" and type(reloaded) is type(model)
     assert torch.equal(crf_of(reloaded).transitions, crf_of(model).transitions)
-    starts = batch["labels"] != IGNORE_INDEX
     with torch.no_grad():
         before = decode_words(model, model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, starts)
         after = decode_words(reloaded, reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, starts)
