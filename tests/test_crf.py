@@ -291,3 +291,18 @@ def test_onnx_engine_keeps_the_crf_head(tiny_dirs, tokenizer, tmp_path):
         expected = decode_words(torch_model, torch_model(**inputs).logits, starts)
     got = decode_words(onnx_model, onnx_model(**inputs).logits, starts)
     assert torch.equal(got[0], expected[0]) and torch.allclose(got[1], expected[1], atol=1e-4)
+
+
+def test_a_new_head_gets_a_new_crf(tiny_dirs, tokenizer):
+    """--new-head on a CRF tagger: the transitions were between the old labels, so the CRF is new too."""
+    from ner_core.crf import crf_of
+    from ner_core.tagger import build_tagger, replace_head
+    from tests.conftest import CONLL_LABELS
+
+    model = build_tagger("encoder", tiny_dirs["distilbert"], labels=LabelMap(tuple(CONLL_LABELS)), head="crf")
+    wnut = LabelMap(("O", "B-person", "I-person", "B-product", "I-product"))
+    replace_head(model, wnut)
+    assert crf_of(model).label_names == list(wnut.labels) and crf_of(model).transitions.shape == (5, 5)
+    batch, _ = _labelled_windows(tokenizer, LabelMap(("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")))
+    labels = batch["labels"].where(batch["labels"] < 5, 0)  # any ids of the new label set
+    assert model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss.isfinite()
