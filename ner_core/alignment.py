@@ -116,15 +116,20 @@ class WindowArrays:
     def window_of(self, positions: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.offsets, positions, side="right") - 1
 
-    def best_positions(self) -> tuple[np.ndarray, np.ndarray]:
-        """(position, word across all documents) of each word's first subword in the window where
-        it has the most context on both sides (the first such window on a tie)."""
+    def word_starts(self) -> np.ndarray:
+        """Per position: whether it is a word's first subword in its window (where labels are read)."""
         wid = self.word_ids.astype(np.int64)
         prev = np.empty_like(wid)
         prev[0:1] = -1
         prev[1:] = wid[:-1]
         prev[self.offsets[:-1][self.offsets[:-1] < len(wid)]] = -1  # a window's first position
-        pos = np.flatnonzero((wid >= 0) & (wid != prev))
+        return (wid >= 0) & (wid != prev)
+
+    def best_positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(position, word across all documents) of each word's first subword in the window where
+        it has the most context on both sides (the first such window on a tie)."""
+        wid = self.word_ids.astype(np.int64)
+        pos = np.flatnonzero(self.word_starts())
         win = self.window_of(pos)
         word = wid[pos]
         context = np.minimum(word - self.first_word[win], self.end_word[win] - 1 - word)

@@ -106,15 +106,15 @@ def score_labelled(predictor, docs, gold_tags, contexts=None, on_batch=None, fit
     from ner_core.decoding import decode_probabilities, labels_of, probabilities
 
     windows = predictor.encoder.encode(docs, contexts)
-    log_probs = predictor.word_probabilities(windows, on_batch, temperature=1.0, log=True)
+    log_probs, viterbi = predictor.word_outputs(windows, on_batch, temperature=1.0, log=True)
     offsets, table = windows.word_offsets(), predictor.table
     if fit:
         gold_ids = np.asarray(predictor.labels.encode(t for tags in gold_tags for t in tags), np.int64)
         temperature = fit_temperature(log_probs, gold_ids)
     else:
         temperature = float(predictor.settings.temperature)
-    decoded = decode_probabilities(probabilities(log_probs, temperature), offsets, table)
+    decoded = decode_probabilities(probabilities(log_probs, temperature), offsets, table, label_ids=viterbi)
     calibration = {"temperature": temperature, **entity_calibration(gold_tags, decoded, table.types)}
-    plain = decoded if temperature == 1.0 else decode_probabilities(probabilities(log_probs), offsets, table)
+    plain = decoded if temperature == 1.0 else decode_probabilities(probabilities(log_probs), offsets, table, label_ids=viterbi)
     calibration["ece_before"] = calibration["ece"] if plain is decoded else entity_calibration(gold_tags, plain, table.types)["ece"]
     return labels_of(decoded, table), calibration

@@ -4,7 +4,8 @@ The decoding half of ``ner_core.predictor``, kept pure (numpy only) so its rules
 testable on hand-made probabilities. A batch of documents is one flat run of words
 with ``word_offsets`` (document ``d`` holds words ``word_offsets[d]:word_offsets[d+1]``).
 
-- A word's label is the most probable one; a word's score is that label's probability.
+- A word's label is the most probable one (with a CRF head: its Viterbi path's); a word's
+  score is that label's probability.
 - IOB2 repair changes only a prefix (``O I-PER`` -> ``O B-PER``) and keeps the score:
   the model chose the type, the repair only says where the entity starts.
 - An entity's score is the **minimum** of its words' scores. A span is right only if
@@ -108,13 +109,17 @@ def _entities(ids: np.ndarray, scores: np.ndarray, word_offsets: np.ndarray, tab
 
 
 def decode_probabilities(
-    probs: np.ndarray, word_offsets: np.ndarray, table: LabelTable, min_score: float | None = None
+    probs: np.ndarray, word_offsets: np.ndarray, table: LabelTable, min_score: float | None = None, label_ids: np.ndarray | None = None
 ) -> Decoded:
-    """The labels, scores and entities of documents from their words' label probabilities ``[words, labels]``."""
+    """The labels, scores and entities of documents from their words' label probabilities ``[words, labels]``.
+
+    ``label_ids``: the words' labels where something else chose them (a CRF's Viterbi path);
+    default the most probable. Each word's score is its chosen label's probability.
+    """
     word_offsets = np.asarray(word_offsets, np.int64)
-    ids = repair_iob2(probs.argmax(-1) if len(probs) else np.zeros(0, np.int64), word_offsets, table)
-    rows = np.arange(len(ids))
-    scores = probs[rows, probs.argmax(-1)].astype(np.float32) if len(probs) else np.zeros(0, np.float32)
+    chosen = np.asarray(label_ids, np.int64) if label_ids is not None else (probs.argmax(-1) if len(probs) else np.zeros(0, np.int64))
+    ids = repair_iob2(chosen, word_offsets, table)
+    scores = probs[np.arange(len(ids)), chosen].astype(np.float32) if len(probs) else np.zeros(0, np.float32)
     doc, etype, start, end, escore = _entities(ids, scores, word_offsets, table)
     if min_score is not None and len(doc):
         weak = escore < min_score

@@ -35,11 +35,13 @@ from transformers import (
     PreTrainedConfig,
     PreTrainedModel,
 )
+from transformers import initialization as init
 from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import TokenClassifierOutput
 
+from ner_core.crf import CRF, allowed_transitions, crf_loss
 from ner_core.labels import LabelMismatchError, resolve_head_labels
-from ner_core.model_files import ENCODER_DECODER_TYPE
+from ner_core.model_files import ENCODER_DECODER_TYPE, HEAD_KEY, HEADS
 
 IGNORE_INDEX = -100
 MODEL_TYPE = ENCODER_DECODER_TYPE  # one place, readable without torch (ner_core.model_files)
@@ -67,6 +69,9 @@ class EncoderDecoderTaggerConfig(PreTrainedConfig):
     ``num_labels``/``id2label``/``label2id`` live at the top level, where HF
     token-classification code looks for them.
 
+    ``tagger_head``: ``"linear"`` (each position's label from its own logits) or ``"crf"``
+    (a ``ner_core.crf.CRF`` over the words; see ``forward``). Saved configs without it are linear.
+
     ``decoder_attention`` chooses the decoder's self-attention:
     ``"bidirectional"`` (the default for new models: a tagger generates nothing,
     so hiding the right context from each token is a handicap with no benefit)
@@ -89,9 +94,11 @@ class EncoderDecoderTaggerConfig(PreTrainedConfig):
     classifier_dropout: float | None = None
     pad_token_id: int | None = None
     decoder_attention: str = "bidirectional"
+    tagger_head: str = "linear"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        check_head(self.tagger_head)
         if self.decoder_attention not in DECODER_ATTENTION:
             raise TaggerConfigError(
                 f"decoder_attention must be one of {DECODER_ATTENTION}, got {self.decoder_attention!r}"
@@ -137,10 +144,37 @@ def _drop_pooler(model: nn.Module) -> None:
         model.pooler = None
 
 
+def check_head(head: str) -> str:
+    if head not in HEADS:
+        raise TaggerConfigError(f"{HEAD_KEY} must be one of {HEADS}, got {head!r}")
+    return head
+
+
+def _new_crf(config: PreTrainedConfig) -> CRF:
+    """The CRF over ``config``'s labels; label names it cannot constrain are a TaggerConfigError."""
+    try:
+        return CRF(config.id2label)
+    except ValueError as exc:
+        raise TaggerConfigError(str(exc)) from None
+
+
+def _init_crf(module: CRF) -> None:
+    """A new CRF head: zero scores, so the classifier's emissions decide at first, and the masks.
+
+    Through ``transformers.initialization``, which leaves alone what a checkpoint filled in.
+    """
+    allowed, allowed_start = allowed_transitions(module.label_names)
+    for p in (module.transitions, module.start, module.end):
+        init.zeros_(p)
+    init.copy_(module.allowed, allowed)
+    init.copy_(module.allowed_start, allowed_start)
+
+
 class EncoderDecoderTagger(PreTrainedModel):
     """Token tagger: pretrained encoder + cross-attending decoder + ``nn.Linear`` head.
 
-    ``model.classifier`` is ``nn.Linear(decoder_hidden, num_labels)``.
+    ``model.classifier`` is ``nn.Linear(decoder_hidden, num_labels)``; with
+    ``config.tagger_head == "crf"``, ``model.crf`` is a ``ner_core.crf.CRF`` over its outputs.
     """
 
     config_class = EncoderDecoderTaggerConfig
@@ -175,12 +209,15 @@ class EncoderDecoderTagger(PreTrainedModel):
             dropout = getattr(config.decoder, "hidden_dropout_prob", 0.1)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(dec_hidden, config.num_labels)
+        self.crf = _new_crf(config) if config.tagger_head == "crf" else None
         self.post_init()
 
     def _init_weights(self, module):
         # Encoder and decoder parts are initialised the way their own classes
         # would; only the projection and head use the generic scheme.
-        if any(module is m for m in self.encoder.modules()):
+        if isinstance(module, CRF):
+            _init_crf(module)
+        elif any(module is m for m in self.encoder.modules()):
             self.encoder._init_weights(module)
         elif any(module is m for m in self.decoder.modules()):
             self.decoder._init_weights(module)
@@ -203,7 +240,9 @@ class EncoderDecoderTagger(PreTrainedModel):
 
         The decoder reads the same tokens as the encoder (hence the shared
         vocabulary requirement) and attends to the encoder's states through
-        cross-attention; ``labels`` equal to -100 are ignored by the loss.
+        cross-attention; ``labels`` equal to -100 are ignored by the loss. With a CRF head
+        the loss is ``ner_core.crf.crf_loss`` (the labelled positions, one per word, form
+        each window's sequence) and ``logits`` are its emissions.
         """
         if input_ids is None:
             raise ValueError("input_ids is required")
@@ -215,7 +254,9 @@ class EncoderDecoderTagger(PreTrainedModel):
         decoder_states = self.decode(input_ids, attention_mask, encoder_states)
         logits = self.classifier(self.dropout(decoder_states))
         loss = None
-        if labels is not None:
+        if labels is not None and self.crf is not None:
+            loss = crf_loss(self.crf, logits, labels)
+        elif labels is not None:
             loss = nn.functional.cross_entropy(
                 logits.view(-1, self.config.num_labels), labels.view(-1), ignore_index=IGNORE_INDEX
             )
@@ -243,6 +284,7 @@ class EncoderDecoderTagger(PreTrainedModel):
         num_labels: int | None = None,
         id2label: Mapping[int, str] | None = None,
         decoder_attention: str = "bidirectional",
+        tagger_head: str = "linear",
         **kwargs: Any,
     ) -> "EncoderDecoderTagger":
         """Combine a pretrained encoder with a pretrained BERT-family decoder.
@@ -257,6 +299,7 @@ class EncoderDecoderTagger(PreTrainedModel):
         and/or ``id2label`` are required and a fresh head is made.
         ``decoder_attention``: ``"bidirectional"`` (default) or ``"causal"``
         self-attention in the decoder (see ``EncoderDecoderTaggerConfig``).
+        ``tagger_head``: ``"linear"`` (default) or ``"crf"``, a new CRF over the head's outputs.
 
         ``kwargs`` go to each ``from_pretrained`` call (``revision``,
         ``cache_dir``, ``local_files_only``...). ``trust_remote_code`` stays
@@ -277,6 +320,7 @@ class EncoderDecoderTagger(PreTrainedModel):
             label2id={label: i for i, label in id2label.items()},
             pad_token_id=getattr(enc_cfg, "pad_token_id", None),
             decoder_attention=decoder_attention,
+            tagger_head=check_head(tagger_head),
         )
         # The decoder config must not keep the saved head's task fields in a
         # way that confuses readers: the composite owns the label map.
@@ -451,6 +495,54 @@ def _copy_weights(target: nn.Module, source: nn.Module, part: str, path, new_ok:
         raise TaggerConfigError(
             f"{part} weights from {path} do not fit: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
         )
+
+
+class _CRFHead:
+    """Mixed in before an HF ``*ForTokenClassification`` class: the same model plus ``self.crf``.
+
+    Why a subclass, not a wrapper: the weights keep the base class's names and its config
+    stays the base's own (with ``tagger_head: "crf"`` added), so everything that reads an
+    encoder-only tagger (embeddings, ``classifier``, position limits, ONNX export) is unchanged,
+    and only ``crf.*`` is new in the safetensors file. ``ner_core.tagger.load_tagger`` picks
+    this class from the config; a config without the key loads as before.
+    """
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        self.crf = _new_crf(config)  # after the base's post_init: a new one is zeros already (CRF.__init__)
+
+    def _init_weights(self, module):
+        if isinstance(module, CRF):
+            _init_crf(module)
+        else:
+            super()._init_weights(module)
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+        """The base model's logits as emissions; with ``labels``, ``ner_core.crf.crf_loss``."""
+        out = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if labels is not None:
+            out.loss = crf_loss(self.crf, out.logits, labels)
+        return out
+
+
+_CRF_CLASSES: dict[type, type] = {}
+
+
+def with_crf_head(base: type[PreTrainedModel]) -> type[PreTrainedModel]:
+    """``base`` (e.g. ``DistilBertForTokenClassification``) with a CRF head; one class per base.
+
+    Named ``<Base minus ForTokenClassification>WithCRFForTokenClassification`` so the saved
+    ``architectures`` still reads as a token classifier (``is_token_classification_config``);
+    it lives in the base's module so HF's per-module checks (attention backends) read the
+    base's source.
+    """
+    if issubclass(base, (EncoderDecoderTagger, _CRFHead)):
+        raise TypeError(f"{base.__name__} has its CRF head through its config (tagger_head), not a subclass")
+    if base not in _CRF_CLASSES:
+        stem = base.__name__.removesuffix("ForTokenClassification")
+        name = f"{stem}WithCRFForTokenClassification"
+        _CRF_CLASSES[base] = type(name, (_CRFHead, base), {"__module__": base.__module__, "__qualname__": name})
+    return _CRF_CLASSES[base]
 
 
 AutoConfig.register(MODEL_TYPE, EncoderDecoderTaggerConfig, exist_ok=True)

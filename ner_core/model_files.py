@@ -36,6 +36,9 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
 
 
 ENCODER_DECODER_TYPE = "encoder-decoder-tagger"  # the model_type of ner_core.model.EncoderDecoderTagger
+HEADS = ("linear", "crf")  # what turns the classifier's outputs into labels (ner_core.crf)
+# The config key that records the head, for both architectures; a config without it is linear.
+HEAD_KEY = "tagger_head"
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class SavedModel:
     max_positions: int | None  # the smallest position limit of the model and its encoder/decoder
     decoder_attention: str | None = None  # the encoder-decoder's, as saved (None: encoder-only, or saved before the setting)
     case_markers: bool = False  # its tokenizer carries the word-case marker tokens
+    head: str = "linear"  # "crf": labels come from the CRF's Viterbi over each window's words
     special_tokens: int = 2  # positions of a window its tokenizer's special tokens take ([CLS], [SEP])
 
     @property
@@ -82,7 +86,10 @@ def read_saved_model(path: str) -> SavedModel:
         if tokenizer.post_processor is not None:
             special_tokens = tokenizer.post_processor.num_special_tokens_to_add(False)
     special_tokens = special_tokens if special_tokens is not None else SavedModel.special_tokens
-    return SavedModel(config["model_type"], _labels(config), _max_positions(config), config.get("decoder_attention"), case_markers, special_tokens)
+    return SavedModel(
+        config["model_type"], _labels(config), _max_positions(config), config.get("decoder_attention"), case_markers,
+        config.get(HEAD_KEY) or "linear", special_tokens,
+    )  # fmt: skip
 
 
 def _weight_files(path: str) -> list[str]:

@@ -149,6 +149,9 @@ class Predictor:
         self.model.to(self.device)
         self.autocast_dtype = autocast_dtype
         self.labels = LabelMap.from_id2label(model.config.id2label)
+        from ner_core.crf import crf_of
+
+        self.crf = crf_of(model)  # a CRF head decodes each window's words by Viterbi
         self.table = LabelTable.of(self.labels)
         self.batching = settings.batching(self.device.type, _weights_dtype(self.model))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -192,17 +195,27 @@ class Predictor:
 
     # ------------------------------------------------------------------ stage 2: the model
 
-    def word_probabilities(
+    def word_probabilities(self, windows: WindowArrays, on_batch: Callable[[int, int], None] | None = None, **kwargs) -> np.ndarray:
+        """``[words, labels]``: each word's label distribution (see ``word_outputs``)."""
+        return self.word_outputs(windows, on_batch, **kwargs)[0]
+
+    def word_outputs(
         self, windows: WindowArrays, on_batch: Callable[[int, int], None] | None = None, *, temperature: float | None = None, log: bool = False
-    ) -> np.ndarray:
-        """``[words, labels]``: each word's label distribution (``log``: its logarithm), the words of all
-        documents in order; ``temperature``: another than the model's (calibration)."""
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``([words, labels], [words] or None)``: each word's label distribution (``log``: its logarithm),
+        the words of all documents in order, and for a CRF head each word's Viterbi label (None: argmax).
+
+        The distribution is the softmax of the logits (a CRF: of the log marginals) divided by
+        ``temperature`` (default: the model's own).
+        """
         import torch
 
         chosen_pos, chosen_word = windows.best_positions()
         probs = np.zeros((int(windows.num_words.sum()), self.labels.num_labels), np.float32)
+        viterbi = np.zeros(len(probs), np.int64) if self.crf is not None else None
         if not len(windows):
-            return probs
+            return probs, viterbi
+        starts = windows.word_starts() if self.crf is not None else None
         lengths = windows.lengths()
         # the chosen positions grouped by window, so a batch finds its own
         by_window = np.argsort(windows.window_of(chosen_pos), kind="stable")
@@ -229,12 +242,29 @@ class Predictor:
                 picked = _ranges(chosen_start[k], per_window[k])
                 prow = torch.from_numpy(np.repeat(np.arange(len(k)), per_window[k])).to(self.device)
                 pcol = torch.from_numpy(chosen_pos[picked] - np.repeat(windows.offsets[k], per_window[k])).to(self.device)
-                p = normalise(logits[prow, pcol].float() / temperature, dim=-1)
-                probs[chosen_word[picked]] = p.cpu().numpy()
+                if self.crf is None:
+                    scores = logits[prow, pcol].float()
+                else:
+                    scores, best = self._crf_words(logits, starts[src], rows, cols, prow, pcol)
+                    viterbi[chosen_word[picked]] = best.cpu().numpy()
+                probs[chosen_word[picked]] = normalise(scores / temperature, dim=-1).cpu().numpy()
                 done += len(k)
                 if on_batch is not None:
                     on_batch(done, len(windows))
-        return probs
+        return probs, viterbi
+
+    def _crf_words(self, logits, is_start: np.ndarray, rows, cols, prow, pcol):
+        """(log marginals, Viterbi labels) at the chosen positions: the CRF runs over each window's words."""
+        import torch
+
+        from ner_core.crf import compact
+
+        starts = torch.zeros(logits.shape[:2], dtype=torch.bool, device=logits.device)
+        starts[torch.from_numpy(rows[is_start]).to(logits.device), torch.from_numpy(cols[is_start]).to(logits.device)] = True
+        emissions, mask, _ = compact(logits.float(), starts)
+        rank = (starts.cumsum(1) - 1)[prow, pcol]  # each chosen position's place among its window's words
+        marginals = self.crf.marginals(emissions, mask)[prow, rank]
+        return marginals.clamp_min(1e-30).log(), self.crf.viterbi(emissions, mask)[prow, rank]
 
     # ------------------------------------------------------------------ callers' entry points
 
@@ -247,17 +277,18 @@ class Predictor:
     ) -> tuple[Decoded, np.ndarray]:
         """Decoded labels, scores and entities of word lists, and their words' label probabilities."""
         windows = self.encoder.encode(docs, contexts)
-        probs = self.word_probabilities(windows, on_batch)
-        return decode_probabilities(probs, windows.word_offsets(), self.table, min_score), probs
+        probs, viterbi = self.word_outputs(windows, on_batch)
+        return decode_probabilities(probs, windows.word_offsets(), self.table, min_score, viterbi), probs
 
     def predict(self, docs, contexts=None, on_batch=None) -> list[list[str]]:
         """Each document's IOB2 labels (always a valid sequence): what scoring compares."""
         return labels_of(self.predict_arrays(docs, contexts, on_batch)[0], self.table)
 
     def predict_ids(self, docs, contexts=None) -> list[list[int]]:
-        """Each word's most probable label id, before any repair (the model's own choice)."""
+        """Each word's label id before any repair: the most probable (a CRF: Viterbi's), the model's own choice."""
         windows = self.encoder.encode(docs, contexts)
-        ids = self.word_probabilities(windows).argmax(-1).tolist()
+        probs, viterbi = self.word_outputs(windows)
+        ids = (probs.argmax(-1) if viterbi is None else viterbi).tolist()
         o = windows.word_offsets().tolist()
         return [ids[o[d] : o[d + 1]] for d in range(len(docs))]
 

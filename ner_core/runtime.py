@@ -75,13 +75,16 @@ def load_runtime(model_dir: str | os.PathLike, runtime: str = "torch", *, thread
 
     import ner_core.model  # noqa: F401  (registers the encoder-decoder config with AutoConfig)
 
-    return OnnxTagger(path, AutoConfig.from_pretrained(model_dir), threads=threads or torch.get_num_threads())
+    from ner_core.crf import load_crf
+
+    # the session returns emissions only; a CRF head decodes them (ner_core.crf.decode_words)
+    return OnnxTagger(path, AutoConfig.from_pretrained(model_dir), threads=threads or torch.get_num_threads(), crf=load_crf(model_dir))
 
 
 class OnnxTagger:
     """An ONNX Runtime session that answers like a ``*ForTokenClassification`` model in eval mode."""
 
-    def __init__(self, path: str, config, threads: int = 1):
+    def __init__(self, path: str, config, threads: int = 1, crf=None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -92,6 +95,7 @@ class OnnxTagger:
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.path = path
         self.config = config
+        self.crf = crf  # the tagger's ner_core.crf.CRF head, or None (linear)
 
     @property
     def device(self) -> "torch.device":

@@ -3,7 +3,9 @@
 The rest of the code (training, tagging, evaluation) only sees a
 ``PreTrainedModel`` whose ``forward(input_ids, attention_mask, labels)``
 returns ``TokenClassifierOutput`` and whose config carries ``id2label``;
-which architecture sits behind it is chosen by one setting, ``arch``.
+which architecture sits behind it is chosen by one setting, ``arch``, and how
+its outputs become labels by another, ``head`` (``"linear"`` or ``"crf"``,
+saved in the config as ``tagger_head``; see ``ner_core.crf``).
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from transformers import AutoModelForTokenClassification, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer, PreTrainedModel
 
 from ner_core.casing import add_case_markers
+from ner_core.crf import CRF, crf_of
 from ner_core.labels import LabelMap
-from ner_core.model import EncoderDecoderTagger
-from ner_core.model_files import PACKAGED_MODELS, resolve_model_path  # noqa: F401  (re-exported: the tagger's public names)
+from ner_core.model import MODEL_TYPE, EncoderDecoderTagger, check_head, with_crf_head
+from ner_core.model_files import HEAD_KEY, HEADS, PACKAGED_MODELS, resolve_model_path  # noqa: F401  (re-exported: the tagger's public names)
 
 ARCHS = ("encoder-decoder", "encoder")
 
@@ -28,6 +31,7 @@ def build_tagger(
     labels: LabelMap | None = None,
     vocab_size: int | None = None,
     decoder_attention: str = "bidirectional",
+    head: str = "linear",
     **hf_kwargs: Any,
 ) -> PreTrainedModel:
     """A tagger ready to fine-tune.
@@ -43,10 +47,12 @@ def build_tagger(
     (Never shrunk: some checkpoints pad their embedding matrix past the vocabulary.)
     ``decoder_attention``: the encoder-decoder's decoder self-attention,
     ``"bidirectional"`` or ``"causal"`` (ignored for ``arch="encoder"``).
+    ``head``: ``"linear"`` or ``"crf"`` (a new ``ner_core.crf.CRF`` over the classifier's
+    outputs, for either architecture; the label names must be IOB2).
     """
     if arch == "encoder-decoder":
         hf_kwargs["decoder_attention"] = decoder_attention
-    model = _build(arch, encoder, decoder, labels, **hf_kwargs)
+    model = _build(arch, encoder, decoder, labels, check_head(head), **hf_kwargs)
     if vocab_size is not None and vocab_size > model.get_input_embeddings().num_embeddings:
         resize_vocabulary(model, vocab_size)
     return model
@@ -59,35 +65,54 @@ def resize_vocabulary(model: PreTrainedModel, vocab_size: int) -> None:
         part.resize_token_embeddings(vocab_size)
 
 
-def _build(arch, encoder, decoder, labels, **hf_kwargs) -> PreTrainedModel:
+def _build(arch, encoder, decoder, labels, head, **hf_kwargs) -> PreTrainedModel:
     hf_kwargs.setdefault("trust_remote_code", False)
     id2label = dict(labels.id2label) if labels is not None else None
     encoder = resolve_model_path(encoder)
     decoder = resolve_model_path(decoder) if decoder is not None else None
     if arch == "encoder-decoder":
         return EncoderDecoderTagger.from_encoder_decoder_pretrained(
-            encoder, decoder if decoder is not None else encoder, id2label=id2label, **hf_kwargs
+            encoder, decoder if decoder is not None else encoder, id2label=id2label, tagger_head=head, **hf_kwargs
         )
     if arch == "encoder":
         if decoder is not None:
             raise ValueError("arch='encoder' takes no decoder")
-        if labels is None:
-            return AutoModelForTokenClassification.from_pretrained(encoder, use_safetensors=True, **hf_kwargs)
-        return AutoModelForTokenClassification.from_pretrained(
-            encoder,
-            num_labels=labels.num_labels,
-            id2label=id2label,
-            label2id=labels.label2id,
-            use_safetensors=True,
-            **hf_kwargs,
-        )
+        label_kwargs = {} if labels is None else {"num_labels": labels.num_labels, "id2label": id2label, "label2id": labels.label2id}
+        if head == "crf":
+            config = AutoConfig.from_pretrained(encoder, **label_kwargs, **_hub_kwargs(hf_kwargs))
+            setattr(config, HEAD_KEY, "crf")  # saved with the model: load_tagger reads it
+            return _crf_class(config).from_pretrained(encoder, config=config, use_safetensors=True, **hf_kwargs)
+        return AutoModelForTokenClassification.from_pretrained(encoder, use_safetensors=True, **label_kwargs, **hf_kwargs)
     raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
 
 
+def _hub_kwargs(hf_kwargs: dict) -> dict:
+    """The ``from_pretrained`` arguments that say where files come from, for a config read first."""
+    keys = ("revision", "cache_dir", "local_files_only", "token", "trust_remote_code")
+    return {k: hf_kwargs[k] for k in keys if k in hf_kwargs}
+
+
+def _crf_class(config) -> type[PreTrainedModel]:
+    """The class that loads ``config``'s model with a CRF head: the encoder-decoder has it
+    through its config, any other token classifier through ``with_crf_head``."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING
+
+    if config.model_type == MODEL_TYPE:
+        return EncoderDecoderTagger
+    if type(config) not in MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING:
+        raise ValueError(f"model_type {config.model_type!r} has no token-classification class to put a CRF on")
+    return with_crf_head(MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING[type(config)])
+
+
 def load_tagger(path: str | os.PathLike, **hf_kwargs: Any) -> PreTrainedModel:
-    """Load a saved tagger of either architecture (the Auto class knows both)."""
+    """Load a saved tagger of either architecture and either head (the Auto class knows both
+    architectures; an encoder-only config with ``tagger_head: "crf"`` takes ``with_crf_head``)."""
     hf_kwargs.setdefault("trust_remote_code", False)
-    return AutoModelForTokenClassification.from_pretrained(resolve_model_path(path), use_safetensors=True, **hf_kwargs)
+    path = resolve_model_path(path)
+    config = AutoConfig.from_pretrained(path, **_hub_kwargs(hf_kwargs))
+    if getattr(config, HEAD_KEY, "linear") == "crf" and config.model_type != MODEL_TYPE:
+        return _crf_class(config).from_pretrained(path, config=config, use_safetensors=True, **hf_kwargs)
+    return AutoModelForTokenClassification.from_pretrained(path, use_safetensors=True, **hf_kwargs)
 
 
 def load_tokenizer(path: str | os.PathLike, case_markers: bool = False, **hf_kwargs: Any):
@@ -126,6 +151,8 @@ def replace_head(model: PreTrainedModel, labels: LabelMap) -> None:
         head.weight.normal_(mean=0.0, std=getattr(config, "initializer_range", 0.02))
         head.bias.zero_()
     model.classifier = head
+    if crf_of(model) is not None:  # the old CRF's transitions are between the old labels
+        model.crf = CRF(labels).to(old.weight.device)
     if hasattr(model, "num_labels"):  # HF's *ForTokenClassification reads its own copy in the loss
         model.num_labels = labels.num_labels
     model.config.num_labels = labels.num_labels
@@ -136,6 +163,11 @@ def replace_head(model: PreTrainedModel, labels: LabelMap) -> None:
 def tagger_labels(model: PreTrainedModel) -> LabelMap:
     """The label map a tagger predicts, from its config."""
     return LabelMap.from_id2label(model.config.id2label)
+
+
+def tagger_head(model: PreTrainedModel) -> str:
+    """``"crf"`` or ``"linear"``: how the tagger's outputs become labels."""
+    return "crf" if crf_of(model) is not None else "linear"
 
 
 def tagger_arch(model: PreTrainedModel) -> str:

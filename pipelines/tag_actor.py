@@ -4,7 +4,7 @@ On CPU the actor also turns its rows into windows first (``--preprocess auto``):
 preprocessing tasks running beside it would take cores from the model's threads.
 An actor call gets a few thousand rows (``--batch-size``); their windows are
 sorted by length across the whole call, so each forward pass pads little.
-The model call is ``Predictor.word_probabilities`` (the one the training job's dev
+The model call is ``Predictor.word_outputs`` (the one the training job's dev
 scoring, ``jobs.evaluate`` and the server use too); labels, scores and entities come
 from ``ner_core.decoding`` as arrays and go straight into Arrow columns.
 A row whose windows break the model (it should not happen, but one bad row
@@ -73,21 +73,22 @@ class TagActor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self._model_thread.submit(self._tag, batch).result()
 
-    def _probabilities(self, rows, good: list[int], batch: pa.Table) -> tuple[np.ndarray, list[int]]:
-        """The words' label probabilities of the good rows, and the rows still good after the model."""
+    def _outputs(self, rows, good: list[int], batch: pa.Table):
+        """The words' label probabilities (and a CRF's labels) of the good rows, and the rows still good after the model."""
         try:
-            return self.predictor.word_probabilities(rows.windows, on_batch=self._count(len(good))), good
+            return *self.predictor.word_outputs(rows.windows, on_batch=self._count(len(good))), good
         except Exception:  # noqa: BLE001 - find the row that breaks the batch; the others still get tagged
             kept, parts = [], []
             for d, i in enumerate(good):
                 try:
-                    parts.append(self.predictor.word_probabilities(rows.windows.subset([d])))
+                    parts.append(self.predictor.word_outputs(rows.windows.subset([d])))
                     kept.append(i)
                 except Exception as exc:  # noqa: BLE001
                     rows.errors[i], rows.raws[i] = f"tagging failed: {type(exc).__name__}: {exc}", rows.raws[i] or raw_row(batch, i)
                     rows.docs[i] = None
-            width = self.predictor.labels.num_labels
-            return (np.concatenate(parts) if parts else np.zeros((0, width), np.float32)), kept
+            probs = np.concatenate([p for p, _ in parts]) if parts else np.zeros((0, self.predictor.labels.num_labels), np.float32)
+            viterbi = None if self.predictor.crf is None else np.concatenate([v for _, v in parts] or [np.zeros(0, np.int64)])
+            return probs, viterbi, kept
 
     def _tag(self, batch: pa.Table) -> pa.Table:
         from ner_core.decoding import decode_probabilities
@@ -96,11 +97,11 @@ class TagActor:
         good = rows.good()
         subwords = np.zeros(batch.num_rows, np.int64)
         subwords[good] = np.bincount(rows.windows.doc, weights=rows.windows.lengths(), minlength=len(good))
-        probs, good = self._probabilities(rows, good, batch)
+        probs, viterbi, good = self._outputs(rows, good, batch)
         subwords[[i for i, d in enumerate(rows.docs) if d is None]] = 0
         self.progress.add("rows", batch.num_rows - len(good))  # rows that failed before (or in) the model
         words = np.array([len(rows.docs[i].words) for i in good], np.int64)
-        decoded = decode_probabilities(probs, np.concatenate(([0], np.cumsum(words))), self.predictor.table, self.plan.min_score)
+        decoded = decode_probabilities(probs, np.concatenate(([0], np.cumsum(words))), self.predictor.table, self.plan.min_score, viterbi)
         columns = tagged_columns(decoded, probs if self.plan.all_scores else None, rows.docs, good, batch.num_rows, self.predictor.table)
         out = input_columns(batch).append_column("tokens", rows.tokens())
         for name, values in columns.items():

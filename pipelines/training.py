@@ -42,7 +42,7 @@ from ner_core.labels import SCHEMES, LabelMap
 from ner_core.metrics import evaluate_tags
 from ner_core.labels import LabelMismatchError, resolve_head_labels
 from ner_core.model import DECODER_ATTENTION, LEGACY_DECODER_ATTENTION, is_token_classification_config
-from ner_core.model_files import read_saved_model
+from ner_core.model_files import HEADS, read_saved_model
 from ner_core.precision import autocast_dtype, check_mixed_precision
 from ner_core.tagger import ARCHS, build_tagger, load_tagger, load_tokenizer, replace_head, resolve_model_path, save_tagger, tagger_labels
 from pipelines.cluster import parse_resources, require_reachable
@@ -77,6 +77,7 @@ class TrainConfig:
     init_from: str | None = field(default=None, metadata=_help("a tagger saved by jobs.train (local folder) to fine-tune further instead of building one: its architecture, decoder attention, tokenizer and case markers are used, and --arch/--encoder/--decoder/--decoder-attention/--case-markers are not"))
     new_head: bool = field(default=False, metadata=_help("with --init-from: a new, untrained classifier for the training data's labels (transfer to another label set, e.g. CoNLL-2003 to WNUT-2017); without it the saved head is kept and its labels must be the data's"))
     decoder_attention: str = field(default="bidirectional", metadata=_help("encoder-decoder only: the decoder's self-attention, bidirectional | causal (HF's decoder as is)"))
+    head: str = field(default="linear", metadata=_help("linear | crf: a CRF over each window's words, decoded by Viterbi (never breaks IOB2)"))
     scheme: str = field(default="IOB2", metadata=_help("tag scheme of the input data: IOB1 | IOB2 | IOBES (converted to IOB2)"))
     repair_invalid: bool = field(default=False, metadata=_help("repair invalid tag sequences (e.g. O I-PER) instead of failing"))
     token_column: int = field(default=0, metadata=_help("CoNLL column holding the token"))
@@ -108,6 +109,8 @@ class TrainConfig:
     fail_after_epoch: int | None = field(default=None, metadata=_help("testing: raise in the workers after this epoch's checkpoint (once)", cli=True))
 
     def __post_init__(self):
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.scheme not in SCHEMES:
@@ -237,6 +240,7 @@ def train_loop_per_worker(config: dict) -> None:
             labels=labels,
             vocab_size=len(tokenizer),
             decoder_attention=cfg.decoder_attention,
+            head=cfg.head,
         )
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     groups = [
@@ -406,7 +410,7 @@ def resolve_models(cfg: TrainConfig) -> TrainConfig:
     except ValueError as exc:
         raise ValueError(f"--init-from {cfg.init_from}: {exc}") from None
     attention = saved.decoder_attention or (LEGACY_DECODER_ATTENTION if saved.arch == "encoder-decoder" else cfg.decoder_attention)
-    return dataclasses.replace(cfg, arch=saved.arch, decoder_attention=attention, case_markers=saved.case_markers)
+    return dataclasses.replace(cfg, arch=saved.arch, decoder_attention=attention, case_markers=saved.case_markers, head=saved.head)
 
 
 def _storage_args(run_dir: str) -> dict:

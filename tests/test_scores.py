@@ -110,3 +110,26 @@ def test_temperature_changes_scores_not_labels(predictor):
     assert a.label_ids.tolist() == b.label_ids.tolist()
     assert not np.allclose(pa_, pb)
     assert np.allclose(pa_.sum(-1), 1.0, atol=1e-5)
+
+
+def test_a_crf_head_is_decoded_by_viterbi_with_its_marginals_as_scores(tiny_dirs, tokenizer):
+    from ner_core.alignment import encode_batch
+    from ner_core.crf import decode_words, word_start_mask
+
+    torch.manual_seed(1)
+    model = build_tagger("encoder", tiny_dirs["distilbert"], labels=LabelMap(tuple(CONLL_LABELS)), head="crf").eval()
+    with torch.no_grad():  # transitions large enough to matter in the path
+        model.crf.transitions.normal_(0, 3.0)
+    docs = [["Anna", "Kowalski", "visited", "Paris"], ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb"]]
+    predictor = Predictor(model, tokenizer, InferenceSettings(max_length=32, stride=8))
+    expected = []
+    for words in docs:  # one window each: the CRF's own decoding of the plain forward pass
+        (window,) = encode_batch(tokenizer, [words], max_length=32)[0:1][0]
+        ids = torch.tensor([window.input_ids])
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        labels, _ = decode_words(model, logits, word_start_mask([window.word_ids], ids.shape[1]))
+        expected.append([i for i in labels[0].tolist() if i >= 0])
+    assert predictor.predict_ids(docs) == expected
+    tagged = predictor.tag_documents([document_from_tokens({"t": d}, "t") for d in docs])
+    assert all(is_valid(t.labels, "IOB2") and all(0 < s <= 1 for s in t.scores) for t in tagged)

@@ -281,3 +281,33 @@ def test_an_encoder_that_cannot_feed_the_decoder_stops_before_training(ray_clust
     with pytest.raises(ConfigError, match=r"encoder .*model is a whole encoder-decoder tagger, not one half of one; .*--init-from"):
         train_job.main(argv)
     assert not (tmp_path / "out").exists()
+
+
+def test_training_saves_its_inference_settings_and_a_temperature_fitted_on_dev(trained, conll_sample, tmp_path):
+    saved = json.loads((trained / "inference.json").read_text())
+    # the window the model trained with; the default overlap (32) fitted to its 30 subwords of room
+    assert (saved["max_length"], saved["stride"], saved["context_length"]) == (32, 15, 0)
+    calibration = json.loads((trained / "metrics.json").read_text())["calibration"]
+    assert saved["temperature"] == calibration["temperature"] > 0
+    assert 0 <= calibration["ece"] <= 1 and [r["threshold"] for r in calibration["thresholds"]] == [0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    assert sum(b["count"] for b in calibration["bins"]) == calibration["entities"] > 0
+    page = (trained / "report.html").read_text()
+    assert "Entity scores: reliability" in page and page.count('class="bin"') == sum(1 for b in calibration["bins"] if b["count"])
+    # jobs.evaluate scores with the same temperature and says how the scores hold up
+    out = tmp_path / "eval.json"
+    assert evaluate_job.main(["--model", str(trained), "--data", str(conll_sample / "dev.txt"), "--json", str(out), "--report", str(tmp_path / "report")]) == 0
+    evaluated = json.loads(out.read_text())["calibration"]
+    assert evaluated["temperature"] == saved["temperature"] and evaluated["ece"] == pytest.approx(calibration["ece"])
+    assert "Entity scores: reliability" in (tmp_path / "report" / "report.html").read_text()
+
+
+def test_a_crf_head_trains_and_is_scored_the_same_way_by_evaluate(ray_cluster, tiny_dirs, conll_sample, tmp_path):
+    output = tmp_path / "crf"
+    argv = _argv(tiny_dirs, conll_sample, output, "--head", "crf", "--epochs", "1")
+    argv[argv.index("encoder-decoder")] = "encoder"
+    del argv[argv.index("--decoder") : argv.index("--decoder") + 2]
+    assert train_job.main(argv) == 0
+    assert json.loads((output / "config.json").read_text())["tagger_head"] == "crf"
+    out = tmp_path / "eval.json"
+    assert evaluate_job.main(["--model", str(output), "--data", str(conll_sample / "dev.txt"), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["f1"] == json.loads((output / "metrics.json").read_text())["best_dev_f1"]
