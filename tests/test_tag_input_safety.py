@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
@@ -205,3 +206,76 @@ def test_the_type_scan_gives_the_same_types_however_the_files_are_grouped(tmp_pa
     whole = _scan_files(paths, 2, "text", False)
     assert merge_jsonl_types(*(_scan_files([p], 2, "text", False) for p in paths)) == whole
     assert whole["id"] is None and whole["flag"] is not None  # str and int ids: JSON text
+
+
+def test_a_file_saved_with_a_byte_order_mark_reads_like_any_other(ray_cluster, tiny_tagger, tmp_path):
+    # Windows editors and spreadsheet exports start a UTF-8 file with a byte-order mark
+    import gzip
+
+    rows = [{"id": i, "text": t} for i, t in enumerate(["Alice met Bob.", "Paris in May.", "Zoë flew to Köln."])]
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    (tmp_path / "in").mkdir()
+    with open(tmp_path / "in" / "export.jsonl", "w", encoding="utf-8-sig") as fh:
+        fh.write(lines)
+    with gzip.open(tmp_path / "in" / "export2.jsonl.gz", "wt", encoding="utf-8-sig") as fh:
+        fh.write(lines)
+    assert (tmp_path / "in" / "export.jsonl").read_bytes().startswith(b"\xef\xbb\xbf")
+
+    out = tmp_path / "out"
+    assert tag_job.main(["--model", tiny_tagger, "--input", str(tmp_path / "in"), "--output", str(out), *SMALL]) == 0
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["rows_read"] == manifest["rows_written"] == 6 and manifest["rows_failed"] == 0
+    assert manifest["json_encoded_columns"] == []  # the first row's id is a number like the others
+    got = pads.dataset(str(out), format="parquet").to_table().to_pylist()
+    assert sorted((r["id"], r["text"]) for r in got) == sorted((r["id"], r["text"]) for r in rows * 2)
+
+
+def test_a_gzip_file_cut_short_is_reported_at_once_as_damaged(ray_cluster, tiny_tagger, tmp_path):
+    import gzip
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "good.jsonl").write_text("".join(json.dumps({"text": f"Alice {i} met Bob."}) + "\n" for i in range(5)))
+    whole = gzip.compress("".join(json.dumps({"text": f"Carol {i} in Paris."}) + "\n" for i in range(500)).encode())
+    (tmp_path / "in" / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])  # an upload cut short
+    out = tmp_path / "out"
+    argv = ["--model", tiny_tagger, "--input", str(tmp_path / "in"), "--output", str(out), "--output-format", "jsonl", "--read-attempts", "4", *SMALL]
+
+    assert tag_job.main(argv) == 1
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert [f["source"] for f in manifest["files_failed"]] == [str(tmp_path / "in" / "cut.jsonl.gz")]
+    reason = manifest["files_failed"][0]["reason"]
+    assert reason.startswith("damaged file (EOFError: Compressed file ended") and "not retried" in reason, reason
+    assert "running the job again will not help" in reason and "read failed" not in reason
+    assert manifest["rows_read"] == manifest["rows_written"] == 5  # the damaged file's rows dropped, the rest tagged
+
+
+class _CountingFS:
+    """The local filesystem, counting reads of whole files; ``fail`` makes each one fail that way."""
+
+    def __init__(self, fail: Exception | None = None):
+        import fsspec
+
+        self.local, self.fail, self.reads = fsspec.filesystem("file"), fail, 0
+
+    def cat_file(self, path):
+        self.reads += 1
+        if self.fail is not None:
+            raise self.fail
+        return self.local.cat_file(path)
+
+
+def test_a_parquet_file_cut_short_is_read_once_while_a_dropped_read_is_retried(tmp_path, monkeypatch):
+    path = tmp_path / "part.parquet"
+    pq.write_table(pa.table({"text": [f"row {i}" for i in range(100)]}), path)
+    path.write_bytes(path.read_bytes()[:-200])  # its footer lost
+    source = (str(path), source_key(str(path)), path.stat().st_size)
+    reader = FileReader("parquet", rows_per_block=10, column="text", pre_split=False, read_attempts=4, retry_delay_s=0)
+
+    for fs, reads, reason in [
+        (_CountingFS(), 1, "damaged file (ArrowInvalid: "),
+        (_CountingFS(fail=ConnectionResetError("Connection reset by peer")), 4, "read failed 4 times, last at row 0: ConnectionResetError"),
+    ]:
+        monkeypatch.setattr(tag_input, "fsspec_filesystem", lambda _path, fs=fs: fs)
+        reports = _Reports()
+        assert _read_rows([source], reader, reports) == [] and not reports.reads
+        assert fs.reads == reads and reports.failures[source[1]][1].startswith(reason), reports.failures
