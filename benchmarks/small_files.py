@@ -37,7 +37,10 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-FLAGS = ["--actors", "1", "--cpus-per-actor", "1", "--torch-threads", "1", "--max-length", "64", "--output-format", "jsonl"]
+FLAGS = ["--actors", "1", "--cpus-per-actor", "1", "--torch-threads", "1", "--max-length", "64"]
+
+
+OUTPUT_FORMAT = ["parquet"]  # --output-format
 
 
 def tiny_model(out_dir: str) -> str:
@@ -96,14 +99,14 @@ def run_job(code: str, model: str, corpus: str, out: str, env_extra: dict | None
     """``python -m jobs.tag`` of checkout ``code``; returns its manifest."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": code, **(env_extra or {})}
     env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "jobs.tag", "--model", model, "--input", corpus, "--output", out, "--overwrite", "true", *FLAGS]
+    cmd = [sys.executable, "-m", "jobs.tag", "--model", model, "--input", corpus, "--output", out, "--overwrite", "true", *FLAGS, "--output-format", OUTPUT_FORMAT[0]]
     proc = subprocess.run(cmd, cwd=code, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"jobs.tag failed ({proc.returncode}): {proc.stderr[-3000:]}")
     if out.startswith("s3://"):
         import s3fs
 
-        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": env_extra["AWS_ENDPOINT_URL"]})
+        fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": env_extra["AWS_ENDPOINT_URL"], "region_name": "us-east-1"})
         return json.loads(fs.cat(f"{out[5:]}/_manifest.json"))
     with open(os.path.join(out, "_manifest.json")) as fh:
         return json.load(fh)
@@ -235,6 +238,7 @@ def main() -> None:
     ap.add_argument("--s3-rows", type=int, default=1_000)
     ap.add_argument("--s3-files", type=int, default=200)
     ap.add_argument("--plan-files", type=int, default=100_000)
+    ap.add_argument("--output-format", default="parquet", help="jobs.tag's --output-format (parquet: its default, with the JSONL type scan)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench_out"))
     ap.add_argument("--plan-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -243,17 +247,18 @@ def main() -> None:
         print(json.dumps(plan_worker(args.plan_worker)))
         return
     os.makedirs(args.out, exist_ok=True)
+    OUTPUT_FORMAT[0] = args.output_format
     code = os.path.abspath(args.code)
     model = tiny_model(args.out)
     only = set(args.only.split(","))
-    result: dict = {"code": code, "commit": subprocess.run(["git", "-C", code, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()}
+    result: dict = {"output_format": args.output_format, "code": code, "commit": subprocess.run(["git", "-C", code, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()}
     if "local" in only:
         result["local"] = bench_local(code, model, args.out, args.rows, [int(n) for n in args.files.split(",")])
     if "s3" in only:
         result["s3"] = bench_s3(code, model, args.s3_rows, args.s3_files)
     if "plan" in only:
         result["plan"] = bench_plan(code, args.out, args.plan_files)
-    path = os.path.join(args.out, f"small_files-{os.path.basename(code)}-{'-'.join(sorted(only))}.json")
+    path = os.path.join(args.out, f"small_files-{os.path.basename(code)}-{'-'.join(sorted(only))}-{args.output_format}.json")
     with open(path, "w") as fh:
         json.dump(result, fh, indent=2)
     print(json.dumps(result, indent=2))

@@ -329,7 +329,8 @@ def open_input(path: str, size: int | None, compressed: bool):
     bare = strip_scheme(path) if is_s3(path) else path
     codec = infer_compression(path) if compressed else None
     if size is not None and size <= WHOLE_FILE_BYTES:
-        raw = io.BytesIO(fs.cat_file(bare))
+        # one GET: s3fs would first ask the size (a HEAD) to fetch a large object in parts
+        raw = io.BytesIO(fs.cat_file(bare, max_concurrency=1) if is_s3(path) else fs.cat_file(bare))
         with (compr[codec](raw, mode="rb") if codec else raw) as fh:
             yield fh
         return
