@@ -79,6 +79,17 @@ def _asked_for(pattern_parts: list[str], path_parts: list[str]) -> list[bool]:
     return asked
 
 
+def _walk_local(folder: str):
+    """(path, size) of every file below a local folder, symlinks followed as fsspec's ``find`` does
+    (which builds an info dict per file through its own path handling: 2-3x slower at 100,000 files)."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir():
+                yield from _walk_local(entry.path)
+            elif entry.is_file():
+                yield entry.path, entry.stat().st_size
+
+
 def expand_inputs(path: str, extensions: tuple[str, ...] = ()) -> list[str]:
     """A file, a folder (recursively, files with ``extensions``), or a glob -> sorted file list (``input_files``)."""
     return list(input_files(path, extensions))
@@ -110,6 +121,11 @@ def input_files(path: str, extensions: tuple[str, ...] = ()) -> dict[str, int]:
             asked = _asked_for(pattern_parts, rel)
             if info.get("type") != "directory" and not any(_hidden(part) and not ok for part, ok in zip(rel, asked)):
                 found[p] = info
+    elif not scheme and os.path.isdir(bare):
+        found = {
+            p: {"size": size} for p, size in _walk_local(bare)
+            if (not extensions or p.endswith(extensions)) and not any(_hidden(part) for part in p[len(bare):].split("/") if part)
+        }
     elif fs.isdir(bare):
         found = {
             p: info for p, info in fs.find(bare, detail=True).items()
