@@ -20,7 +20,10 @@ test, in its own process with its own local Ray; its time is the manifest's
   wall time, growth of the process's peak RSS, and the pickled size of the read tasks
   (what Ray ships), in a process of its own.
 
-Writes ``bench_out/small_files-<checkout name>.json``.
+- **parts** (this checkout's code only): the reader, the sink and a commit pass in this
+  process, no Ray, on the rows as ``--files``' first count of files: ms a file for each.
+
+Writes ``bench_out/small_files-<checkout name>-<parts>-<output format>.json``.
 """
 
 from __future__ import annotations
@@ -229,10 +232,48 @@ def bench_plan(code: str, out_dir: str, files: int) -> dict:
     return result
 
 
+def bench_parts(out_dir: str, rows: int, files: int) -> dict:
+    """The reader, the sink and a commit pass in this process, no Ray, on ``rows`` rows in ``files``
+    files: ms a file for each (the sink's input: one block of every row with stand-in labels)."""
+    import pyarrow as pa
+
+    from pipelines.tag_input import FileReader, pack_files, read_files
+    from pipelines.tag_sink import TaggedOutputSink
+    from pipelines.tag_store import OutputStore, source_key
+
+    corpus = local_corpus(out_dir, rows, files)
+    sources = [(p, source_key(p), os.path.getsize(p)) for p in sorted(os.path.join(corpus, n) for n in os.listdir(corpus) if n.endswith(".jsonl"))]
+    result = {}
+    for fmt in ("jsonl", "parquet"):
+        with tempfile.TemporaryDirectory(dir=out_dir) as out:
+            store = OutputStore(out)
+            reader = FileReader("jsonl", 1024, "text", False, 1, 0.0)
+            t0 = time.perf_counter()
+            block = pa.concat_tables([b for group in pack_files(sources) for b in read_files(group, reader, store.read_reports())])
+            t1 = time.perf_counter()
+            n = block.num_rows
+            block = (
+                block.append_column("tokens", pa.array([["x"]] * n, pa.list_(pa.string())))
+                .append_column("labels", pa.array([["O"]] * n, pa.list_(pa.string())))
+                .append_column("entities", pa.array([[]] * n, pa.list_(pa.struct([("type", pa.string()), ("start", pa.int64()), ("end", pa.int64()), ("text", pa.string())]))))
+                .append_column("__subwords", pa.array([1] * n, pa.int64()))
+            )
+            sink = TaggedOutputSink(out, fmt, {k: p for p, k, _ in sources}, None, rows, input_format="jsonl")
+            t2 = time.perf_counter()
+            sink.write([block], None)
+            t3 = time.perf_counter()
+            assert len(store.commit_ready()) == files
+            t4 = time.perf_counter()
+        ms = lambda a, b: round((b - a) / files * 1000, 3)  # noqa: E731
+        result[fmt] = {"read_ms_per_file": ms(t0, t1), "sink_ms_per_file": ms(t2, t3), "commit_ms_per_file": ms(t3, t4)}
+        print(f"parts ({fmt} output): {result[fmt]}", flush=True)
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--code", default=ROOT, help="the checkout whose jobs.tag runs (default: this one)")
-    ap.add_argument("--only", default="local,s3,plan", help="comma-separated: local, s3, plan")
+    ap.add_argument("--only", default="local,s3,plan", help="comma-separated: local, s3, plan, parts (this checkout only)")
     ap.add_argument("--rows", type=int, default=10_000)
     ap.add_argument("--files", default="1000,10000")
     ap.add_argument("--s3-rows", type=int, default=1_000)
@@ -256,6 +297,8 @@ def main() -> None:
         result["local"] = bench_local(code, model, args.out, args.rows, [int(n) for n in args.files.split(",")])
     if "s3" in only:
         result["s3"] = bench_s3(code, model, args.s3_rows, args.s3_files)
+    if "parts" in only:
+        result["parts"] = bench_parts(args.out, args.rows, int(args.files.split(",")[0]))
     if "plan" in only:
         result["plan"] = bench_plan(code, args.out, args.plan_files)
     path = os.path.join(args.out, f"small_files-{os.path.basename(code)}-{'-'.join(sorted(only))}-{args.output_format}.json")
