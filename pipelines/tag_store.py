@@ -30,9 +30,10 @@ What a reader of ``OUT`` may rely on (Ray, Spark and pyarrow skip ``_`` names):
   the marker is written after its files' pieces are moved, so between the moves and
   the marker (a commit pass in progress, or one a kill cut short, which the next run
   completes) some of a file's pieces may be in view before the rest;
-- ``_manifest.json`` is written last, after every commit of the run: an output with a
-  manifest whose ``files_failed`` is empty holds every input row once, tagged or in
-  ``_errors``. Wait for it (as for Spark's ``_SUCCESS``) before reading a whole output.
+- ``_manifest.json`` is written last, after every commit of the run, and a run that has
+  files to add removes an earlier run's manifest first: an output with a manifest whose
+  ``files_failed`` is empty holds every input row once, tagged or in ``_errors``. Wait for
+  it (as for Spark's ``_SUCCESS``) before reading a whole output.
 
 A killed job leaves committed files in view and the rest in staging; the next
 run commits what is complete (``resume``), clears the rest and tags only the files

@@ -71,6 +71,8 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
     keys = {source_key(p): p for p in paths}
     done = store.resume()  # commits what a previous run finished, forgets its other work
     pending = [(p, k, files[p]) for k, p in keys.items() if k not in done]
+    if pending:  # files are added to this output: its manifest (of an earlier run) no longer describes it
+        store.remove(store.path("_manifest.json"))
     log.info("%d input files, %d already done, %d to tag", len(paths), len(paths) - len(pending), len(pending))
     total_rows = estimate_rows([p for p, _, _ in pending], plan.format)
     if progress:
