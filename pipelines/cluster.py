@@ -2,7 +2,7 @@
 
 Ray schedules training workers, tagging actors and Ray Data tasks on any node
 with the resources they ask for, and each of them writes files: Ray Train
-checkpoints, the tagging job's staged pieces and ``_expected.json``. A local
+checkpoints, the tagging job's staged pieces and read reports. A local
 path names a different disk on every node, so on a cluster of more than one
 node those files scatter: Ray Train V2 fails at the first checkpoint, and the
 tagging driver, which commits by listing staging on its own node, never sees

@@ -79,8 +79,27 @@ def _asked_for(pattern_parts: list[str], path_parts: list[str]) -> list[bool]:
     return asked
 
 
+def _walk_local(folder: str):
+    """(path, size) of every file below a local folder, symlinks followed as fsspec's ``find`` does
+    (which builds an info dict per file through its own path handling: 2-3x slower at 100,000 files)."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir():
+                yield from _walk_local(entry.path)
+            elif entry.is_file():
+                yield entry.path, entry.stat().st_size
+
+
 def expand_inputs(path: str, extensions: tuple[str, ...] = ()) -> list[str]:
-    """A file, a folder (recursively, files with ``extensions``), or a glob -> sorted file list.
+    """A file, a folder (recursively, files with ``extensions``), or a glob -> sorted file list (``input_files``)."""
+    return list(input_files(path, extensions))
+
+
+def input_files(path: str, extensions: tuple[str, ...] = ()) -> dict[str, int]:
+    """A file, a folder (recursively, files with ``extensions``), or a glob -> {file: size in bytes}, sorted.
+
+    The sizes come with the listing (no request per file); the tagging job packs small
+    files into shared read tasks by them.
 
     Hidden and ``_``-prefixed names (``_SUCCESS``, ``_errors/``, ``.cache/``) are skipped,
     as Spark and Ray Data do, but only names the user did not write: the rule looks at each
@@ -96,26 +115,31 @@ def expand_inputs(path: str, extensions: tuple[str, ...] = ()) -> list[str]:
     if glob.has_magic(bare):
         root = _glob_root(bare)
         pattern_parts = bare[len(root):].strip("/").split("/")
-        found = []
+        found = {}
         for p, info in fs.glob(bare, detail=True).items():
             rel = p[len(root):].strip("/").split("/") if p.startswith(root) else [os.path.basename(p)]
             asked = _asked_for(pattern_parts, rel)
             if info.get("type") != "directory" and not any(_hidden(part) and not ok for part, ok in zip(rel, asked)):
-                found.append(p)
+                found[p] = info
+    elif not scheme and os.path.isdir(bare):
+        found = {
+            p: {"size": size} for p, size in _walk_local(bare)
+            if (not extensions or p.endswith(extensions)) and not any(_hidden(part) for part in p[len(bare):].split("/") if part)
+        }
     elif fs.isdir(bare):
-        found = [
-            p for p, info in fs.find(bare, detail=True).items()
+        found = {
+            p: info for p, info in fs.find(bare, detail=True).items()
             if info.get("type") != "directory"
             and (not extensions or p.endswith(extensions))
             and not any(_hidden(part) for part in p[len(bare):].split("/") if part)
-        ]
+        }
     elif fs.exists(bare):
-        found = [bare]  # named by the user: read even if its name starts with "_"
+        found = {bare: fs.info(bare)}  # named by the user: read even if its name starts with "_"
     else:
-        found = []
+        found = {}
     if not found:
         raise FileNotFoundError(f"no input files at {path}")
-    return sorted(scheme + p for p in found)
+    return {scheme + p: int(found[p].get("size") or 0) for p in sorted(found)}
 
 
 def folder_files(path: str) -> dict[str, dict]:

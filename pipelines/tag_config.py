@@ -87,7 +87,7 @@ class TagConfig:
     rows_per_file: int = field(default=10_000, metadata=_help("rows gathered per output file (fewer when a source file ends)"))
     mixed_precision: str = field(default="auto", metadata=_help("auto (bf16 on GPU, fp32 on CPU) | bf16 (GPU, or CPU with AVX512-BF16/AMX: ~3x faster) | fp16 (GPU) | none"))
     runtime: str = field(default="torch", metadata=_help(f"model engine: {' | '.join(RUNTIMES)} (ONNX Runtime on CPU, fp32 or int8 weights; check its F1 with jobs.evaluate --runtime first)"))
-    read_tasks: int | None = field(default=None, metadata=_help("parallel read tasks, at most one per input file (default: one per file; 1 reads files in order)"))
+    read_tasks: int | None = field(default=None, metadata=_help("read tasks, at most one per input file (default: by size, small files packed about 1 MiB of input a task, a larger file alone; 1 reads files in order)"))
     read_attempts: int = field(default=4, metadata=_help("attempts to read a file that fails part-way (dropped connection, 5xx) before it is reported failed"))
     read_retry_delay_s: float = field(default=1.0, metadata=_help("wait before the second read attempt; doubles for each further one"))
     commit_every_s: float = field(default=5.0, metadata=_help("how often finished input files are committed while the job runs"))

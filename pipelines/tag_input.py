@@ -17,32 +17,47 @@ writer gives each row's values back from its original text (see
 ``tag_sink.TaggedOutputSink``; Parquet output types each column once per job
 from ``scan_jsonl_columns``, which runs beside the tagging).
 
+Small files share read tasks (``pack_files``: about 1 MiB of input a task) and
+their rows share blocks, so a file costs a few requests, not a task and a block
+of its own; a file stays the unit of commit, error accounting and resume: the
+reader reports each one (``ReadReports``: the rows it read, or why it could not)
+and knows nothing of the output's layout. A file that starts with a UTF-8
+byte-order mark reads like any other.
+
 A read that fails part-way through a file (a dropped connection, a 5xx) is
 retried from the first row not yet passed on, with backoff; if it keeps
-failing, the file is marked failed with its reason instead of done, so its
-rows are discarded and the next run reads it again.
+failing, the file is reported failed with its reason instead of read, so its
+rows are discarded and the next run reads it again. A damaged file (a gzip or
+Parquet file cut short) is reported failed at once: its bytes will not change.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
+import gzip
+import io
 import json
 import time
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
+from fsspec.compression import compr
+from fsspec.utils import infer_compression
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from ner_core.documents import BadRow, check_row
 from pipelines.storage import fsspec_filesystem, is_s3, strip_scheme
 from pipelines.tag_config import exception_line
-from pipelines.tag_store import OutputStore
 
 SRC, ROW, ERROR, RAW = "__src", "__row", "__error", "__raw"
 INTERNAL_PREFIX = "__"
 OUTPUT_COLUMNS = ("tokens", "labels", "scores", "entities", "all_scores")
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark: not part of the first row
 
 
 def _column(values: list[Any]) -> pa.Array:
@@ -83,6 +98,8 @@ def read_jsonl(fh, key: str, rows_per_block: int, column: str | None = None, pre
         if row < start:
             continue
         stripped = line.strip()
+        if row == 0 and stripped.startswith(BOM):
+            stripped = stripped[len(BOM) :].strip()  # Windows editors and spreadsheet exports start files with one
         if not stripped:
             continue  # blank lines separate nothing in JSONL; they are not rows
         try:
@@ -131,32 +148,67 @@ def jsonl_block(records: list[dict], column: str | None, pre_split: bool) -> pa.
 
 
 class FileReadFailed(Exception):
-    """A file could not be read to its end after every retry."""
+    """A file could not be read to its end: after every retry, or at once when it is damaged."""
+
+
+# A file whose bytes are wrong (a gzip or Parquet file cut short, not gzip at all): every
+# attempt reads the same bytes, so it is reported at once rather than retried like a drop.
+DAMAGED = (EOFError, zlib.error, gzip.BadGzipFile, pa.ArrowInvalid)
+# Files are packed into read tasks of about this much input; a larger file has a task of its
+# own. Each file also counts 4 KiB (its open and request), so a task of empty files ends too.
+READ_TASK_BYTES = 1 << 20
+FILE_COST_BYTES = 4 << 10
+# Files up to this size are fetched whole, in one request (on S3 one GET, no HEAD), then parsed.
+WHOLE_FILE_BYTES = 8 << 20
+
+
+def pack_files(sources: list[tuple[str, str, int]], tasks: int | None = None) -> list[list[tuple[str, str, int]]]:
+    """``sources`` ([(path, key, size)]) in order, cut into read tasks by size.
+
+    ``tasks`` None: about ``READ_TASK_BYTES`` a task (as Ray Data's file datasources size
+    theirs, here small so that a few files still read in parallel); else that many tasks
+    of about equal size (at most one per file).
+    """
+    weights = [size + FILE_COST_BYTES for _, _, size in sources]
+    if tasks is None:
+        target = READ_TASK_BYTES
+    else:
+        target = sum(weights) / max(1, min(tasks, len(sources)))
+    groups: list[list[tuple[str, str, int]]] = []
+    current: list[tuple[str, str, int]] = []
+    filled = 0.0
+    for source, weight in zip(sources, weights):
+        if current and filled + weight > target * 1.0001 and (tasks is None or len(groups) + 1 < tasks):
+            groups.append(current)
+            current, filled = [], 0.0
+        current.append(source)
+        filled += weight
+    if current:
+        groups.append(current)
+    return groups
 
 
 class TaggingInput(Datasource):
-    """Reads ``sources`` ([(path, key)]) of one format; writes each file's row count (or its failure) to the store."""
+    """Reads ``sources`` ([(path, key, size)]) of one format; reports each file to ``reports``
+    (``tag_store.ReadReports``): the rows it read, or why it could not read them."""
 
     def __init__(
         self,
-        sources: list[tuple[str, str]],
+        sources: list[tuple[str, str, int]],
         fmt: str,
-        output: str,
+        reports,
         rows_per_block: int = 1024,
         column: str | None = None,
         pre_split: bool = False,
         read_attempts: int = 4,
         retry_delay_s: float = 1.0,
+        read_tasks: int | None = None,
     ):
         super().__init__()
-        self.column = column  # checked on parsed JSON, where a wrong type is still visible
-        self.pre_split = pre_split
-        self.sources = sources
+        self.reader = FileReader(fmt, rows_per_block, column, pre_split, read_attempts, retry_delay_s)
+        self.reports = reports
         self.fmt = fmt
-        self.output = output
-        self.rows_per_block = rows_per_block
-        self.read_attempts = read_attempts
-        self.retry_delay_s = retry_delay_s
+        self.groups = pack_files(sources, read_tasks)
 
     def get_name(self) -> str:
         return f"TaggingInput({self.fmt})"
@@ -165,76 +217,125 @@ class TaggingInput(Datasource):
         return None
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
-        n = max(1, min(parallelism, len(self.sources)))
+        groups = self.groups if parallelism == len(self.groups) else pack_files([s for g in self.groups for s in g], parallelism)
         tasks = []
-        for i in range(n):
-            group = self.sources[i::n]
-            meta = BlockMetadata(num_rows=None, size_bytes=None, input_files=[p for p, _ in group], exec_stats=None)
-            tasks.append(ReadTask(lambda group=group: self._read_group(group), meta))
+        for group in groups:
+            meta = BlockMetadata(num_rows=None, size_bytes=sum(size for _, _, size in group), input_files=[p for p, _, _ in group], exec_stats=None)
+            # each task carries its own files and the reader's settings, not every task's files
+            tasks.append(ReadTask(functools.partial(read_files, group, self.reader, self.reports), meta))
         return tasks
 
-    def _read_group(self, group: list[tuple[str, str]]) -> Iterator[pa.Table]:
-        store = OutputStore(self.output)
-        for path, key in group:
-            records = 0
-            try:
-                for table in self._read_with_retries(path, key):
-                    records += table.num_rows
-                    yield table
-            except FileReadFailed as exc:
-                # Not marked read, so never committed: the driver reports it and drops its pieces.
-                store.mark_failed(key, path, str(exc))
-                continue
-            store.mark_read(key, path, records)
 
-    def _read_with_retries(self, path: str, key: str) -> Iterator[pa.Table]:
+def read_files(group: list[tuple[str, str, int]], reader: "FileReader", reports) -> Iterator[pa.Table]:
+    """One read task: its files in order, the rows of small files sharing blocks of about
+    ``rows_per_block`` rows (a file is still committed, counted and resumed on its own:
+    every row keeps its file's key); each file reported once read to its end or given up."""
+    pending: list[pa.Table] = []
+    rows = 0
+    for path, key, size in group:
+        read = 0
+        try:
+            for table in reader.read_with_retries(path, key, size):
+                read += table.num_rows
+                if pending and not table.schema.equals(pending[0].schema):  # Parquet files with other columns
+                    yield pa.concat_tables(pending)
+                    pending, rows = [], 0
+                    reports.flush()
+                pending.append(table)
+                rows += table.num_rows
+                if rows >= reader.rows_per_block:
+                    yield pa.concat_tables(pending)
+                    pending, rows = [], 0
+                    reports.flush()
+        except FileReadFailed as exc:
+            # never committed: the driver reports it, and its pieces are dropped
+            reports.failed(key, path, str(exc))
+            continue
+        reports.read(key, path, read)
+    if pending:
+        yield pa.concat_tables(pending)
+    reports.flush()
+
+
+class FileReader:
+    """How one file becomes blocks: the format, the column to check, block size and retries."""
+
+    def __init__(self, fmt: str, rows_per_block: int, column: str | None, pre_split: bool, read_attempts: int, retry_delay_s: float):
+        self.fmt = fmt
+        self.rows_per_block = rows_per_block
+        self.column = column  # checked on parsed JSON, where a wrong type is still visible
+        self.pre_split = pre_split
+        self.read_attempts = read_attempts
+        self.retry_delay_s = retry_delay_s
+
+    def read_with_retries(self, path: str, key: str, size: int | None = None) -> Iterator[pa.Table]:
         """The file's blocks, each exactly once: a failed read resumes after the last block passed on."""
         done = 0  # JSONL: lines, Parquet: rows, already passed on
+        unit = "line" if self.fmt == "jsonl" else "row"
         for attempt in range(self.read_attempts):
             try:
-                for table, upto in self._read_file(path, key, done):
+                for table, upto in self._read_file(path, key, done, size):
                     yield table
                     done = upto
                 return
-            except Exception as exc:  # noqa: BLE001 - storage clients raise their own types (aiohttp, botocore, gzip, pyarrow); rows are parsed per line elsewhere
+            except DAMAGED as exc:
+                raise FileReadFailed(
+                    f"damaged file ({exception_line(exc)}, after {unit} {done}): not retried, and running the job again "
+                    "will not help until the file is replaced or removed"
+                ) from exc
+            except Exception as exc:  # noqa: BLE001 - storage clients raise their own types (aiohttp, botocore); rows are parsed per line elsewhere
                 reason = exception_line(exc)
                 if attempt + 1 < self.read_attempts:
                     time.sleep(self.retry_delay_s * 2**attempt)
-        raise FileReadFailed(f"read failed {self.read_attempts} times, last at {'line' if self.fmt == 'jsonl' else 'row'} {done}: {reason}")
+        raise FileReadFailed(f"read failed {self.read_attempts} times, last at {unit} {done}: {reason}")
 
-    def _read_file(self, path: str, key: str, start: int) -> Iterator[tuple[pa.Table, int]]:
-        fs = fsspec_filesystem(path)
-        bare = strip_scheme(path) if is_s3(path) else path
-        if self.fmt == "jsonl":
-            with fs.open(bare, "rb", compression="infer") as fh:
+    def _read_file(self, path: str, key: str, start: int, size: int | None) -> Iterator[tuple[pa.Table, int]]:
+        with open_input(path, size, compressed=self.fmt == "jsonl") as fh:
+            if self.fmt == "jsonl":
                 for records, next_line in read_jsonl(fh, key, self.rows_per_block, self.column, self.pre_split, start):
                     yield jsonl_block(records, self.column, self.pre_split), next_line
-            return
-        yield from self._read_parquet(fs, bare, key, start)
+                return
+            yield from self._read_parquet(fh, key, start)
 
-    def _read_parquet(self, fs, bare: str, key: str, start: int) -> Iterator[tuple[pa.Table, int]]:
+    def _read_parquet(self, fh, key: str, start: int) -> Iterator[tuple[pa.Table, int]]:
         import pyarrow.parquet as pq
 
         rows = 0
-        with fs.open(bare, "rb") as fh:
-            pf = pq.ParquetFile(fh)
-            for batch in pf.iter_batches(batch_size=self.rows_per_block):
-                table = pa.Table.from_batches([batch])
-                if rows + table.num_rows <= start:
-                    rows += table.num_rows
-                    continue
-                table = table.slice(max(0, start - rows))
-                rows = max(rows, start)
-                table = table.select([c for c in table.column_names if not c.startswith(INTERNAL_PREFIX)])
-                n = table.num_rows
-                table = (
-                    table.append_column(SRC, pa.array([key] * n, pa.string()))
-                    .append_column(ROW, pa.array(range(rows, rows + n), pa.int64()))
-                    .append_column(ERROR, pa.nulls(n, pa.string()))
-                    .append_column(RAW, pa.nulls(n, pa.string()))
-                )
-                rows += n
-                yield table, rows
+        pf = pq.ParquetFile(fh)
+        for batch in pf.iter_batches(batch_size=self.rows_per_block):
+            table = pa.Table.from_batches([batch])
+            if rows + table.num_rows <= start:
+                rows += table.num_rows
+                continue
+            table = table.slice(max(0, start - rows))
+            rows = max(rows, start)
+            table = table.select([c for c in table.column_names if not c.startswith(INTERNAL_PREFIX)])
+            n = table.num_rows
+            table = (
+                table.append_column(SRC, pa.array([key] * n, pa.string()))
+                .append_column(ROW, pa.array(range(rows, rows + n), pa.int64()))
+                .append_column(ERROR, pa.nulls(n, pa.string()))
+                .append_column(RAW, pa.nulls(n, pa.string()))
+            )
+            rows += n
+            yield table, rows
+
+
+@contextlib.contextmanager
+def open_input(path: str, size: int | None, compressed: bool):
+    """A binary file object over ``path``'s content (decompressed, if ``compressed`` and its name says
+    gzip etc.): a small file fetched whole in one request, a large one streamed."""
+    fs = fsspec_filesystem(path)
+    bare = strip_scheme(path) if is_s3(path) else path
+    codec = infer_compression(path) if compressed else None
+    if size is not None and size <= WHOLE_FILE_BYTES:
+        # one GET: s3fs would first ask the size (a HEAD) to fetch a large object in parts
+        raw = io.BytesIO(fs.cat_file(bare, max_concurrency=1) if is_s3(path) else fs.cat_file(bare))
+        with (compr[codec](raw, mode="rb") if codec else raw) as fh:
+            yield fh
+        return
+    with fs.open(bare, "rb", compression=codec) as fh:
+        yield fh
 
 
 # --- one Parquet type per JSONL field, for the whole job ----------------------------------
@@ -258,10 +359,9 @@ def _taggable(obj: dict, column: str | None, pre_split: bool) -> bool:
     return True
 
 
-def _scan_types(path: str, rows_per_block: int, column: str | None, pre_split: bool) -> dict[str, str | None]:
+def _scan_types(path: str, rows_per_block: int, column: str | None, pre_split: bool, size: int | None = None) -> dict[str, str | None]:
     """Each field of one JSONL file -> its Arrow type over the rows that will be tagged (IPC,
     base64), or None: no one type fits. Error rows do not count: they go to ``_errors`` as read."""
-    fs = fsspec_filesystem(path)
     types: dict[str, pa.DataType | None] = {}
     block: list[dict] = []
 
@@ -276,8 +376,10 @@ def _scan_types(path: str, rows_per_block: int, column: str | None, pre_split: b
                 types[name] = None
 
     try:
-        with fs.open(strip_scheme(path) if is_s3(path) else path, "rb", compression="infer") as fh:
-            for line in fh:
+        with open_input(path, size, compressed=True) as fh:
+            for i, line in enumerate(fh):
+                if i == 0 and line.startswith(BOM):
+                    line = line[len(BOM) :]
                 try:
                     obj = json.loads(line)
                 except (ValueError, UnicodeDecodeError):
@@ -302,7 +404,7 @@ def decode_type(text: str) -> pa.DataType:
     return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text))).field("x").type
 
 
-def scan_jsonl_columns(paths: list[str], rows_per_block: int, column: str | None, pre_split: bool, task_args: dict):
+def scan_jsonl_columns(files: dict[str, int], rows_per_block: int, column: str | None, pre_split: bool, task_args: dict):
     """Starts a scan of every field of every file; returns its ``ObjectRef`` at once.
 
     The ref resolves to field -> one Arrow type for the job (encoded), or None: stored as
@@ -319,15 +421,17 @@ def scan_jsonl_columns(paths: list[str], rows_per_block: int, column: str | None
     """
     import ray
 
+    paths = list(files)
     tasks = max(1, min(len(paths), int(ray.cluster_resources().get("CPU", 1)) // 4))
     scan = ray.remote(**task_args)(_scan_files)
-    refs = [scan.remote(paths[i::tasks], rows_per_block, column, pre_split) for i in range(tasks)]
+    refs = [scan.remote(paths[i::tasks], rows_per_block, column, pre_split, [files[p] for p in paths[i::tasks]]) for i in range(tasks)]
     return refs[0] if len(refs) == 1 else ray.remote(**task_args)(merge_jsonl_types).remote(*refs)
 
 
-def _scan_files(paths: list[str], rows_per_block: int, column: str | None, pre_split: bool) -> dict[str, str | None]:
+def _scan_files(paths: list[str], rows_per_block: int, column: str | None, pre_split: bool, sizes: list[int] | None = None) -> dict[str, str | None]:
     """``_scan_types`` of several files, one after another, merged (``merge_jsonl_types``)."""
-    return merge_jsonl_types(*(_scan_types(p, rows_per_block, column, pre_split) for p in paths))
+    sizes = sizes or [None] * len(paths)
+    return merge_jsonl_types(*(_scan_types(p, rows_per_block, column, pre_split, n) for p, n in zip(paths, sizes)))
 
 
 def merge_jsonl_types(*per_file: dict[str, str | None]) -> dict[str, str | None]:

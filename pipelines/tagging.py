@@ -3,15 +3,16 @@
 A row travels through these modules, in this order, all streaming (memory does
 not grow with the corpus):
 
-1. ``tag_input.TaggingInput`` (read tasks): Parquet/JSONL files in blocks; each row
-   keeps its source file and row number, unparseable rows become error rows.
+1. ``tag_input.TaggingInput`` (read tasks, small files packed together): Parquet/JSONL
+   files in blocks; each row keeps its source file and row number, unparseable rows
+   become error rows; each file's row count is reported to the store.
 2. ``tag_preprocess.preprocess`` (tasks on GPU, in the actor on CPU; ``--preprocess``): row -> words (+ character offsets for raw
    text) -> subword windows.
 3. ``tag_actor.TagActor`` (an actor pool, the model loaded once per actor): batched,
    length-sorted inference; one label per word, entity spans.
 4. ``tag_sink.TaggedOutputSink``: pieces per source file into staging; this driver
-   commits a file once all its rows are there (``tag_store``), which is what makes
-   a killed job resumable with nothing lost and nothing written twice.
+   commits files once all their rows are there, many in one pass (``tag_store``), which
+   is what makes a killed job resumable with nothing lost and nothing written twice.
 
 Settings: ``tag_config.TagConfig`` (the command line) becomes one ``TagPlan`` here,
 after the model (``tag_model``) and the input have been checked.
@@ -26,7 +27,7 @@ import time
 from dataclasses import asdict
 
 from pipelines.cluster import parse_resources, require_reachable
-from pipelines.storage import expand_inputs
+from pipelines.storage import input_files
 from pipelines.tag_config import EXTENSIONS, OUTPUT_SETTINGS, TagConfig, TagPlan, TagRunError, infer_format, precision
 from pipelines.tag_input import TaggingInput, scan_jsonl_columns
 from pipelines.tag_model import check_model
@@ -44,7 +45,7 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
 
     if not cfg.model or not cfg.input or not cfg.output:
         raise TagRunError("--model, --input and --output are required")
-    # Read and write tasks put staging pieces and _expected.json under --output from any node
+    # Read and write tasks put staged pieces and read reports under --output from any node
     # and the driver commits from its own listing, so every node must see the same folder.
     require_reachable(
         cfg.output,
@@ -56,7 +57,8 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
     )
     started = time.time()
     model = check_model(cfg.model)
-    paths = expand_inputs(cfg.input, tuple(EXTENSIONS))
+    files = input_files(cfg.input, tuple(EXTENSIONS))
+    paths = list(files)
     try:
         plan = TagPlan.resolve(cfg, model, cfg.format or infer_format(paths))
     except ValueError as exc:
@@ -67,15 +69,15 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
     if cfg.overwrite:
         for name in store.listdir(store.path()):
             store.remove(store.path(name))
-    settings = _output_settings(cfg, plan, store, paths)
+    settings = _output_settings(cfg, plan, store, files)
 
     keys = {source_key(p): p for p in paths}
-    store.commit_ready()  # a previous run may have finished files it did not get to commit
-    done = store.done_keys()
-    pending = [(p, k) for k, p in keys.items() if k not in done]
-    store.discard_unfinished({k for _, k in pending})
+    done = store.resume()  # commits what a previous run finished, forgets its other work
+    pending = [(p, k, files[p]) for k, p in keys.items() if k not in done]
+    if pending:  # files are added to this output: its manifest (of an earlier run) no longer describes it
+        store.remove(store.path("_manifest.json"))
     log.info("%d input files, %d already done, %d to tag", len(paths), len(paths) - len(pending), len(pending))
-    total_rows = estimate_rows([p for p, _ in pending], plan.format)
+    total_rows = estimate_rows([p for p, _, _ in pending], plan.format)
     if progress:
         tagging_plan(cfg, plan, len(paths), len(paths) - len(pending), total_rows)
 
@@ -86,7 +88,7 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
     return _finish(cfg, model, settings, store, keys, sink, len(pending), time.time() - started, startup)
 
 
-def _output_settings(cfg: TagConfig, plan: TagPlan, store: OutputStore, paths: list[str]) -> dict:
+def _output_settings(cfg: TagConfig, plan: TagPlan, store: OutputStore, files: dict[str, int]) -> dict:
     """The settings recorded in ``_job.json``; a resumed run must match them (``OUTPUT_SETTINGS``)."""
     # What is recorded (and compared on resume) is what the run uses.
     settings = {k: v for k, v in asdict(cfg).items() if k != "overwrite"}
@@ -109,7 +111,7 @@ def _output_settings(cfg: TagConfig, plan: TagPlan, store: OutputStore, paths: l
         # output's types come from a scan that runs beside the tagging (record_jsonl_types).
         jsonl_types = (previous or {}).get("jsonl_types")
         if jsonl_types is None:
-            settings["jsonl_types"] = scan_jsonl_columns(paths, cfg.rows_per_block, plan.column, plan.pretokenized, _task_args(cfg))
+            settings["jsonl_types"] = scan_jsonl_columns(files, cfg.rows_per_block, plan.column, plan.pretokenized, _task_args(cfg))
         else:
             settings["jsonl_types"] = jsonl_types
             _note_json_text(settings, jsonl_types)
@@ -153,7 +155,7 @@ def _task_args(cfg: TagConfig) -> dict:
     return {"num_cpus": cfg.cpus_per_task, **({"resources": resources} if resources else {})}
 
 
-def _run_pipeline(cfg: TagConfig, plan: TagPlan, store: OutputStore, pending: list[tuple[str, str]], sink: TaggedOutputSink, total_rows: int | None, progress: bool) -> float | None:
+def _run_pipeline(cfg: TagConfig, plan: TagPlan, store: OutputStore, pending: list[tuple[str, str, int]], sink: TaggedOutputSink, total_rows: int | None, progress: bool) -> float | None:
     """read -> preprocess -> actors -> sink, with finished files committed as the job goes.
 
     Returns when the first rows were reported tagged (``time.time()``), or None.
@@ -172,13 +174,14 @@ def _run_pipeline(cfg: TagConfig, plan: TagPlan, store: OutputStore, pending: li
     task_args = _task_args(cfg)
     actor_resources = parse_resources(cfg.actor_resources)
     reader = TaggingInput(
-        pending, plan.format, cfg.output, cfg.rows_per_block, plan.column, plan.pretokenized,
-        read_attempts=cfg.read_attempts, retry_delay_s=cfg.read_retry_delay_s,
+        pending, plan.format, store.read_reports(), cfg.rows_per_block, plan.column, plan.pretokenized,
+        read_attempts=cfg.read_attempts, retry_delay_s=cfg.read_retry_delay_s, read_tasks=cfg.read_tasks,
     )  # fmt: skip
-    # One read task per file by default: Ray Data's own default splits each file's
-    # blocks into many small ones and then cannot fuse preprocessing into the read;
-    # on 2 cores that cost ~12% of the run (123 s -> 110 s for 50k rows in 5 files).
-    ds = ray.data.read_datasource(reader, override_num_blocks=cfg.read_tasks or len(pending), **task_args)
+    # Exactly the reader's read tasks (small files packed together, a large one alone): Ray
+    # Data's own default splits each file's blocks into many small ones and then cannot fuse
+    # preprocessing into the read; on 2 cores that cost ~12% of the run (123 s -> 110 s for
+    # 50k rows in 5 files).
+    ds = ray.data.read_datasource(reader, override_num_blocks=len(reader.groups), **task_args)
     if not plan.preprocess_in_actor:
         ds = ds.map_batches(preprocess, batch_format="pyarrow", batch_size=None, fn_kwargs={"plan": plan}, **task_args)
     ds = ds.map_batches(
@@ -241,17 +244,16 @@ def _finish(
     cfg: TagConfig, model, settings: dict, store: OutputStore, keys: dict[str, str], sink: TaggedOutputSink, files_tagged: int, elapsed: float, startup: float | None
 ) -> dict:
     """Checks every input file is committed or reported failed; writes and returns ``_manifest.json``."""
-    for key in store.done_keys() & set(store.listdir(store.path("_staging"))):
-        store.remove(store.staging(key))  # a write retried after its file was committed
     totals = store.totals()
-    # Files whose read kept failing: reported, their rows dropped, retried whole by the next run.
-    files_failed = store.take_failed(set(keys) - store.done_keys())
+    # Files whose read failed: reported, their rows dropped, read whole by the next run.
+    files_failed = [f for f in store.failures() if source_key(f["source"]) in keys]
     failed_keys = {source_key(f["source"]) for f in files_failed}
     for f in files_failed:
-        log.error("input file failed, not tagged (run the job again to retry it): %s: %s", f["source"], f["reason"])
+        log.error("input file failed, not tagged: %s: %s", f["source"], f["reason"])
     uncommitted = sorted(set(keys) - store.done_keys() - failed_keys)
     if uncommitted:
         raise TagRunError(f"{len(uncommitted)} input files did not complete (first: {keys[uncommitted[0]]}); run the job again to finish them")
+    store.clear_staging()  # reports, failed files' pieces, a write retried after its file was committed
     run_stats = dict(sink.totals)
     words = run_stats.get("words", 0)
     manifest = {

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import os
 
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from jobs import tag as tag_job
 from pipelines import tag_input
-from pipelines.tag_input import ROW, TaggingInput
+from pipelines.tag_input import ROW, SRC, FileReader, pack_files, read_files
 from pipelines.tag_store import source_key
 
 SMALL = ["--actors", "1", "--cpus-per-actor", "0.5", "--batch-size", "16", "--max-length", "24", "--stride", "6"]
@@ -101,28 +102,67 @@ class _BreakingFS:
         return _File()
 
 
+class _Reports:
+    """What a read task reports, file by file (the store's ``ReadReports`` writes the same into staging)."""
+
+    def __init__(self):
+        self.reads, self.failures = {}, {}
+
+    def read(self, key, source, rows):
+        self.reads[key] = (source, rows)
+
+    def failed(self, key, source, reason):
+        self.failures[key] = (source, reason)
+
+    def flush(self):
+        pass
+
+
+def _read_rows(group, reader, reports) -> list[tuple[str, int]]:
+    return [(src, row) for table in read_files(group, reader, reports) for src, row in zip(table.column(SRC).to_pylist(), table.column(ROW).to_pylist())]
+
+
 def test_a_read_broken_part_way_goes_on_after_the_rows_already_passed_on(tmp_path, monkeypatch):
     path = tmp_path / "big.jsonl"
     path.write_text("".join(json.dumps({"n": i, "text": f"row {i}"}) + "\n" for i in range(95)))
-    out = tmp_path / "out"
     key = source_key(str(path))
 
     def read(fs, attempts):
         monkeypatch.setattr(tag_input, "fsspec_filesystem", lambda _path: fs)
-        reader = TaggingInput([(str(path), key)], "jsonl", str(out), rows_per_block=10, column="text", read_attempts=attempts, retry_delay_s=0.01)
-        return [r for table in reader._read_group([(str(path), key)]) for r in table.column(ROW).to_pylist()]
+        reports = _Reports()
+        reader = FileReader("jsonl", rows_per_block=10, column="text", pre_split=False, read_attempts=attempts, retry_delay_s=0.01)
+        return [row for _, row in _read_rows([(str(path), key, None)], reader, reports)], reports
 
-    # Broken at line 37 twice, then whole: every row once, and the file is marked read.
-    assert read(_BreakingFS(at=37, breaks=2), attempts=3) == list(range(95))
-    assert json.loads((out / "_staging" / key / "_expected.json").read_text())["rows"] == 95
+    # Broken at line 37 twice, then whole: every row once, and the file is reported read.
+    rows, reports = read(_BreakingFS(at=37, breaks=2), attempts=3)
+    assert rows == list(range(95)) and reports.reads == {key: (str(path), 95)} and not reports.failures
 
-    # Broken every time: what was passed on is rows 0-29 (whole blocks); the file is marked
+    # Broken every time: what was passed on is rows 0-29 (whole blocks); the file is reported
     # failed with its reason, not read, so the driver drops its rows and does not commit it.
-    (out / "_staging" / key / "_expected.json").unlink()
-    assert read(_BreakingFS(at=37, breaks=99), attempts=2) == list(range(30))
-    failed = json.loads((out / "_staging" / key / "_failed.json").read_text())
-    assert failed["source"] == str(path) and "ConnectionResetError: Connection reset by peer" in failed["reason"]
-    assert not (out / "_staging" / key / "_expected.json").exists()
+    rows, reports = read(_BreakingFS(at=37, breaks=99), attempts=2)
+    assert rows == list(range(30)) and not reports.reads
+    source, reason = reports.failures[key]
+    assert source == str(path) and reason.startswith("read failed 2 times") and "ConnectionResetError: Connection reset by peer" in reason
+
+
+def test_small_files_share_read_tasks_and_blocks_but_are_reported_one_by_one(tmp_path):
+    files = []
+    for i in range(30):
+        path = tmp_path / f"f{i:02d}.jsonl"
+        path.write_text("".join(json.dumps({"text": f"file {i} row {j}"}) + "\n" for j in range(i % 4)))  # 0 to 3 rows
+        files.append((str(path), source_key(str(path)), path.stat().st_size))
+    groups = pack_files(files)
+    assert len(groups) == 1 and [s for g in groups for s in g] == files  # 30 small files: one read task, in order
+    four = pack_files(files, tasks=4)  # --read-tasks 4
+    assert len(four) == 4 and [s for g in four for s in g] == files
+
+    reports = _Reports()
+    reader = FileReader("jsonl", rows_per_block=16, column="text", pre_split=False, read_attempts=1, retry_delay_s=0)
+    blocks = list(read_files(files, reader, reports))
+    assert len(blocks) == 3 and all(b.num_rows >= 16 for b in blocks[:-1])  # 43 rows of 22 files in 3 blocks
+    rows = [(src, row) for b in blocks for src, row in zip(b.column(SRC).to_pylist(), b.column(ROW).to_pylist())]
+    assert rows == [(key, j) for i, (_, key, _) in enumerate(files) for j in range(i % 4)]  # each row keeps its file
+    assert reports.reads == {key: (path, i % 4) for i, (path, key, _) in enumerate(files)}  # empty files too
 
 
 def test_a_file_s3_keeps_dropping_is_reported_then_tagged_by_the_next_run(ray_cluster, tiny_tagger, s3_bucket, s3_faults, capsys):
@@ -142,8 +182,7 @@ def test_a_file_s3_keeps_dropping_is_reported_then_tagged_by_the_next_run(ray_cl
     assert [f["source"] for f in manifest["files_failed"]] == [f"{s3_bucket}/corpus/flaky.jsonl"]
     assert "read failed 2 times" in manifest["files_failed"][0]["reason"]
     assert manifest["rows_read"] == manifest["rows_written"] == 20 and manifest["rows_failed"] == 0
-    assert fs.ls(f"{bucket}/tagged/_done") == [f"{bucket}/tagged/_done/{source_key(f'{s3_bucket}/corpus/good.jsonl')}.json"]
-    assert not fs.exists(f"{bucket}/tagged/_staging/{source_key(f'{s3_bucket}/corpus/flaky.jsonl')}")
+    assert manifest["files"] == 1 and not fs.exists(f"{bucket}/tagged/_staging")  # the flaky file's rows dropped
     assert "input files failed" in capsys.readouterr().err
 
     s3_faults.heal()
@@ -167,3 +206,76 @@ def test_the_type_scan_gives_the_same_types_however_the_files_are_grouped(tmp_pa
     whole = _scan_files(paths, 2, "text", False)
     assert merge_jsonl_types(*(_scan_files([p], 2, "text", False) for p in paths)) == whole
     assert whole["id"] is None and whole["flag"] is not None  # str and int ids: JSON text
+
+
+def test_a_file_saved_with_a_byte_order_mark_reads_like_any_other(ray_cluster, tiny_tagger, tmp_path):
+    # Windows editors and spreadsheet exports start a UTF-8 file with a byte-order mark
+    import gzip
+
+    rows = [{"id": i, "text": t} for i, t in enumerate(["Alice met Bob.", "Paris in May.", "Zoë flew to Köln."])]
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    (tmp_path / "in").mkdir()
+    with open(tmp_path / "in" / "export.jsonl", "w", encoding="utf-8-sig") as fh:
+        fh.write(lines)
+    with gzip.open(tmp_path / "in" / "export2.jsonl.gz", "wt", encoding="utf-8-sig") as fh:
+        fh.write(lines)
+    assert (tmp_path / "in" / "export.jsonl").read_bytes().startswith(b"\xef\xbb\xbf")
+
+    out = tmp_path / "out"
+    assert tag_job.main(["--model", tiny_tagger, "--input", str(tmp_path / "in"), "--output", str(out), *SMALL]) == 0
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["rows_read"] == manifest["rows_written"] == 6 and manifest["rows_failed"] == 0
+    assert manifest["json_encoded_columns"] == []  # the first row's id is a number like the others
+    got = pads.dataset(str(out), format="parquet").to_table().to_pylist()
+    assert sorted((r["id"], r["text"]) for r in got) == sorted((r["id"], r["text"]) for r in rows * 2)
+
+
+def test_a_gzip_file_cut_short_is_reported_at_once_as_damaged(ray_cluster, tiny_tagger, tmp_path):
+    import gzip
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "good.jsonl").write_text("".join(json.dumps({"text": f"Alice {i} met Bob."}) + "\n" for i in range(5)))
+    whole = gzip.compress("".join(json.dumps({"text": f"Carol {i} in Paris."}) + "\n" for i in range(500)).encode())
+    (tmp_path / "in" / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])  # an upload cut short
+    out = tmp_path / "out"
+    argv = ["--model", tiny_tagger, "--input", str(tmp_path / "in"), "--output", str(out), "--output-format", "jsonl", "--read-attempts", "4", *SMALL]
+
+    assert tag_job.main(argv) == 1
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert [f["source"] for f in manifest["files_failed"]] == [str(tmp_path / "in" / "cut.jsonl.gz")]
+    reason = manifest["files_failed"][0]["reason"]
+    assert reason.startswith("damaged file (EOFError: Compressed file ended") and "not retried" in reason, reason
+    assert "running the job again will not help" in reason and "read failed" not in reason
+    assert manifest["rows_read"] == manifest["rows_written"] == 5  # the damaged file's rows dropped, the rest tagged
+
+
+class _CountingFS:
+    """The local filesystem, counting reads of whole files; ``fail`` makes each one fail that way."""
+
+    def __init__(self, fail: Exception | None = None):
+        import fsspec
+
+        self.local, self.fail, self.reads = fsspec.filesystem("file"), fail, 0
+
+    def cat_file(self, path):
+        self.reads += 1
+        if self.fail is not None:
+            raise self.fail
+        return self.local.cat_file(path)
+
+
+def test_a_parquet_file_cut_short_is_read_once_while_a_dropped_read_is_retried(tmp_path, monkeypatch):
+    path = tmp_path / "part.parquet"
+    pq.write_table(pa.table({"text": [f"row {i}" for i in range(100)]}), path)
+    path.write_bytes(path.read_bytes()[:-200])  # its footer lost
+    source = (str(path), source_key(str(path)), path.stat().st_size)
+    reader = FileReader("parquet", rows_per_block=10, column="text", pre_split=False, read_attempts=4, retry_delay_s=0)
+
+    for fs, reads, reason in [
+        (_CountingFS(), 1, "damaged file (ArrowInvalid: "),
+        (_CountingFS(fail=ConnectionResetError("Connection reset by peer")), 4, "read failed 4 times, last at row 0: ConnectionResetError"),
+    ]:
+        monkeypatch.setattr(tag_input, "fsspec_filesystem", lambda _path, fs=fs: fs)
+        reports = _Reports()
+        assert _read_rows([source], reader, reports) == [] and not reports.reads
+        assert fs.reads == reads and reports.failures[source[1]][1].startswith(reason), reports.failures
