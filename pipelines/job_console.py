@@ -199,6 +199,7 @@ def tagging_plan(cfg, plan, files: int, done_files: int, total_rows: int | None)
         f"ray-ner tag: {cfg.model}",
         [
             ("input", f"{cfg.input} ({files} {plan.format} file{'s' if files != 1 else ''}{done}{rows}; column {plan.column})"),
+            ("model", f"windows of {plan.max_length} subwords, overlap {plan.stride}, score temperature {plan.inference.temperature:g}" + (f", entities scored under {plan.min_score:g} dropped" if plan.min_score is not None else "")),
             ("resources", f"{actors} tagging actor(s) x {per}, {plan.torch_threads} thread(s) each, reading tasks {cfg.cpus_per_task:g} CPU; {cluster_line()}"),
             ("output", f"{cfg.output} ({cfg.output_format})"),
         ],
