@@ -40,7 +40,7 @@ class ServeConfig:
     runtime: str = field(default="torch", metadata=_help(f"model engine: {' | '.join(RUNTIMES)}"))
     max_length: int | None = field(default=None, metadata=_help("subword window length (default: the model's own setting)"))
     stride: int | None = field(default=None, metadata=_help("subword overlap between windows of long documents (default: the model's)"))
-    min_score: float = field(default=0.0, metadata=_help("entities scoring below this are dropped (their tokens labelled O); a request's min_score overrides it"))
+    min_score: float | None = field(default=None, metadata=_help("drop entities scored under this (their tokens become O), as jobs.tag --min-score; a request's min_score overrides it (default: keep all)"))
     max_chars: int = field(default=100_000, metadata=_help("characters per document, at most (longer: 413)"))
     max_docs: int = field(default=256, metadata=_help("documents per request, at most (more: 413)"))
 
@@ -62,7 +62,7 @@ class ServeConfig:
             raise ValueError("--batch-wait-ms must be >= 0")
         if self.cpus_per_replica < 0 or self.gpus_per_replica < 0:
             raise ValueError("--cpus-per-replica and --gpus-per-replica must be >= 0")
-        if not 0.0 <= self.min_score <= 1.0:
+        if self.min_score is not None and not 0.0 <= self.min_score <= 1.0:
             raise ValueError(f"--min-score must be between 0 and 1, got {self.min_score}")
         self.replica_range()
         parse_resources(self.resources_per_replica)
