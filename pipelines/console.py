@@ -66,7 +66,7 @@ def quiet_ray_logs() -> None:
     import ray  # noqa: F401 - configures the "ray" logger's console handler
     import ray.data  # configures the "ray.data" logger: a log-file handler and a console handler
 
-    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+    for name in ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve"):
         for handler in logging.getLogger(name).handlers:
             if not any(isinstance(f, _DropNoise) for f in handler.filters):
                 handler.addFilter(_DropNoise())

@@ -278,3 +278,61 @@ def evaluation_summary(metrics: dict, report_path: str | None, json_path: str | 
         f"over {metrics['support']:,} entities in {metrics['num_sentences']:,} sentences",
         items,
     )
+
+
+# --- serving -----------------------------------------------------------------------------
+
+
+def serving_plan(cfg, model) -> None:
+    """The plan lines of ``ray-ner serve``: where it answers, which model, how many replicas of what."""
+    lo, hi = cfg.replica_range()
+    replicas = f"{lo}" if lo == hi else f"{lo}-{hi} (autoscaling)"
+    per = f"{cfg.cpus_per_replica:g} CPU" + (f" + {cfg.gpus_per_replica:g} GPU" if cfg.gpus_per_replica else "")
+    fp32 = cfg.mixed_precision == "none" or (cfg.mixed_precision == "auto" and not cfg.gpus_per_replica)
+    print_plan(
+        f"ray-ner serve: {cfg.model}",
+        [
+            ("url", f"http://{cfg.host}:{cfg.port}  (POST /v1/tag; GET /healthz, /v1/model, /v1/stats)"),
+            ("model", f"{model.model_type}, {len(model.labels)} labels, files {model.identity}; {'fp32' if fp32 else cfg.mixed_precision}, runtime {cfg.runtime}"),
+            ("replicas", f"{replicas} x {per}, {cfg.threads} model thread(s) each; {cluster_line()}"),
+            ("batching", f"up to {cfg.max_batch_size} documents per model call, waiting up to {cfg.batch_wait_ms:g} ms for them"),
+            ("limits", f"{cfg.max_docs} documents per request, {cfg.max_chars:,} characters per document; min_score {'none' if cfg.min_score is None else f'{cfg.min_score:g}'} unless a request sets it"),
+        ],
+    )
+
+
+class ServingMonitor:
+    """The status line of ``ray-ner serve``: requests/s and latency over the last 10 s, from every replica."""
+
+    def __init__(self):
+        from pipelines.serving.stats import Window
+
+        self.window = Window(seconds=10.0)
+        self.stage: Stage | None = None
+        self.follower = Follower(self._on_events, every_s=1.0)
+
+    @property
+    def board(self):
+        return self.follower.board
+
+    def show(self) -> None:
+        """Start drawing (once the replicas are up)."""
+        self.window.started = time.monotonic()
+        self.stage = Stage("serving", unit=None)
+        self.stage.update(note=self.window.line())
+
+    def _on_events(self, events: list[dict], counts: dict) -> None:
+        for e in events:
+            if e.get("kind") == "serve":
+                self.window.add(e)
+        if self.stage is not None:
+            self.stage.update(note=self.window.line())
+
+    def __enter__(self) -> "ServingMonitor":
+        self.follower.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.follower.__exit__(*exc)
+        if self.stage is not None:
+            self.stage.finish(ended="stopped")
