@@ -397,8 +397,9 @@ def _train_epoch(worker: _Worker, shard, epoch: int) -> dict:
     grouped = length_grouped_batches(stream, windows=windows, batch_size=cfg.batch_size, pool=pool, rng=np.random.default_rng((cfg.seed, epoch, worker.rank)), pad_id=pad_id)
     t0 = time.perf_counter()
     tokens, loss_sum, recent_loss, recent_batches = 0, 0.0, 0.0, 0
+    waits: list[float] = []  # seconds the loop waited for each batch: the data path's cost
     worker.optimizer.zero_grad(set_to_none=True)
-    for i, batch in enumerate(grouped):
+    for i, batch in enumerate(_timed(grouped, waits)):
         last_micro = (i + 1) % cfg.grad_accum_steps == 0 or i + 1 == batches
         loss = _micro_step(worker, batch, last_micro)
         tokens += batch.tokens
@@ -427,7 +428,21 @@ def _train_epoch(worker: _Worker, shard, epoch: int) -> dict:
         "lr": worker.scheduler.get_last_lr()[0],
         "train_windows": plan.windows,
         "windows_per_rank": [w for w, _ in per_rank],
+        "data_wait_s": sum(waits),  # this rank's: the first batch (the split starting) and the rest
+        "first_batch_s": waits[0] if waits else 0.0,
     }
+
+
+def _timed(items, waits: list[float]):
+    """``items``, appending to ``waits`` how long each took to arrive."""
+    it = iter(items)
+    while True:
+        t = time.perf_counter()
+        item = next(it, None)
+        if item is None:
+            return
+        waits.append(time.perf_counter() - t)
+        yield item
 
 
 def _micro_step(worker: _Worker, batch: Batch, last_micro: bool) -> float:
