@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         train = TrainConfig(
             train=os.path.join(data, "train.txt"), dev=os.path.join(data, "dev.txt"), output=model,
             arch=cfg.arch, encoder="minilm", case_markers=True, epochs=cfg.epochs, batch_size=16, lr=1e-4,
-            max_length=64, num_workers=1, cpus_per_worker=1, torch_threads=2,
+            max_length=64,  # workers: --num-workers auto, one per node using its cores
         )  # fmt: skip
         summary = run_training(train)
 

@@ -17,12 +17,14 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.errors import explain
     from pipelines.job_console import tensorboard_dir, training_plan, training_summary
     from pipelines.ray_env import init_ray
-    from pipelines.training import run_training, resolve_models
+    from pipelines.training import plan_workers, run_training, resolve_models
 
     with explain():
         cfg = resolve_models(cfg)
         init_ray()
-        training_plan(cfg)
+        workers = plan_workers(cfg)
+        cfg = workers.apply(cfg)
+        training_plan(cfg, workers)
         summary = run_training(cfg)
     training_summary(cfg, summary, tensorboard_dir(cfg.output))
     return 0

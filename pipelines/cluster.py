@@ -25,6 +25,18 @@ class ClusterStorageError(ValueError):
     """Storage the job's workers cannot reach; reported as one line (``error: ...``)."""
 
 
+def parse_range(value, flag: str) -> tuple[int, int]:
+    """A pool size as ``--actors``/``--replicas`` take it: ``"2"`` -> (2, 2); ``"1-4"`` -> (1, 4)."""
+    try:
+        parts = [int(p) for p in str(value).replace(",", "-").split("-")]
+    except ValueError:
+        raise ValueError(f"{flag} must be N or MIN-MAX, got {value!r}") from None
+    lo, hi = (parts[0], parts[0]) if len(parts) == 1 else tuple(parts[:2])
+    if len(parts) > 2 or lo < 1 or hi < lo:
+        raise ValueError(f"{flag} must be N or MIN-MAX with 1 <= MIN <= MAX, got {value!r}")
+    return lo, hi
+
+
 def parse_resources(spec: str | dict | None) -> dict[str, float]:
     """``"gpu_node=1,big_mem=0.5"`` (flag) or ``{"gpu_node": 1}`` (YAML) -> ``{"gpu_node": 1.0, ...}``.
 

@@ -40,17 +40,20 @@ def ray_logs_hint() -> str:
 # --- training ----------------------------------------------------------------------------
 
 
-def training_plan(cfg) -> None:
+def training_plan(cfg, workers) -> None:
+    """``workers``: the run's ``pipelines.training.WorkerPlan`` (what was chosen, and why)."""
     if cfg.init_from:
         model = f"{cfg.arch} tagger from {cfg.init_from}" + (", new classifier for the data's labels" if cfg.new_head else "")
     else:
         model = f"{cfg.arch} tagger, encoder {cfg.encoder}" + (f", decoder {cfg.decoder or cfg.encoder}" if cfg.arch == "encoder-decoder" else "")
-    device = f"{cfg.num_workers} worker(s) x {cfg.cpus_per_worker:g} CPU" + (" + 1 GPU" if cfg.use_gpu else "")
+    device = f"{workers.num_workers} worker(s) x {workers.cpus_per_worker:g} CPU" + (" + 1 GPU" if cfg.use_gpu else "")
+    device += f", {workers.torch_threads} torch thread(s) each ({workers.why})"
+    length = f"{cfg.max_steps:,} steps (--max-steps)" if cfg.max_steps else f"{cfg.epochs} epochs"
     print_plan(
         f"ray-ner train: {model}",
         [
             ("data", f"train {cfg.train}; dev {cfg.dev or 'none (keeps the lowest training loss)'} ({cfg.scheme})"),
-            ("schedule", f"{cfg.epochs} epochs, batch {cfg.batch_size} per worker, lr {cfg.lr:g}, max length {cfg.max_length}" + (", case markers" if cfg.case_markers else "")),
+            ("schedule", f"{length}, batch {cfg.batch_size} per worker, lr {cfg.lr:g}, max length {cfg.max_length}" + (", case markers" if cfg.case_markers else "")),
             ("resources", f"{device}; {cluster_line()}"),
             ("output", cfg.output),
         ],

@@ -213,7 +213,6 @@ TRAIN_SCHEMA = pa.schema(
         ("input_ids", pa.list_(pa.int32())),
         ("labels", pa.list_(pa.int32())),
         ("length", pa.int32()),
-        ("key", pa.string()),
     ]
 )
 
@@ -243,14 +242,13 @@ def _encode(
     windows = encode_batch(
         tokenizer, tokens, label_ids, max_length=max_length, stride=stride, contexts=contexts, context_length=context_length
     )
-    ids, labs, lengths, keys = [], [], [], []
-    for source, line, wins in zip(sources, lines, windows):
-        for k, w in enumerate(wins):
+    ids, labs, lengths = [], [], []
+    for wins in windows:
+        for w in wins:
             ids.append(w.input_ids)
             labs.append(w.labels)
             lengths.append(len(w.input_ids))
-            keys.append(f"{source}\x00{line:012d}\x00{k:06d}")
-    return pa.table({"input_ids": ids, "labels": labs, "length": lengths, "key": keys}, schema=TRAIN_SCHEMA)
+    return pa.table({"input_ids": ids, "labels": labs, "length": lengths}, schema=TRAIN_SCHEMA)
 
 
 def encode_for_training(

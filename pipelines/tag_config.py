@@ -16,7 +16,7 @@ from ner_core.inference import InferenceSettings
 from ner_core.precision import check_mixed_precision
 from ner_core.predictor import resolve_settings
 from ner_core.runtime import RUNTIMES, check_runtime
-from pipelines.cluster import parse_resources
+from pipelines.cluster import parse_range, parse_resources
 
 if TYPE_CHECKING:
     from pipelines.tag_model import ModelInfo
@@ -130,15 +130,7 @@ class TagConfig:
 
     def actor_range(self) -> tuple[int, int]:
         """``"2"`` -> (2, 2); ``"1-4"`` -> (1, 4)."""
-        text = str(self.actors).replace(",", "-")
-        try:
-            parts = [int(p) for p in text.split("-")]
-        except ValueError:
-            raise ValueError(f"--actors must be N or MIN-MAX, got {self.actors!r}") from None
-        lo, hi = (parts[0], parts[0]) if len(parts) == 1 else tuple(parts)
-        if len(parts) > 2 or lo < 1 or hi < lo:
-            raise ValueError(f"--actors must be N or MIN-MAX with 1 <= MIN <= MAX, got {self.actors!r}")
-        return lo, hi
+        return parse_range(self.actors, "--actors")
 
 
 def infer_format(paths: list[str]) -> str:

@@ -1,16 +1,18 @@
 """Data-parallel fine-tuning on Ray Train, fed by Ray Data.
 
 The driver reads and validates the data (in Ray Data tasks), fixes the label
-map, tokenizes into windows (Ray Data tasks again) and starts a
-``TorchTrainer``. Each worker builds the tagger, wraps it with
-``prepare_model`` (DDP, device), trains on its part of the windows in
-length-grouped batches, and after every epoch rank 0 evaluates dev with
-seqeval and reports a checkpoint. The best checkpoint by dev F1 becomes the
+map, tokenizes into windows (Ray Data tasks again), works out the workers
+(``plan_workers``) and the steps (``TrainPlan``) and starts a ``TorchTrainer``.
+Each worker builds the tagger, wraps it with ``prepare_model`` (DDP, device),
+streams its own share of the windows (Ray Data's streaming split) into
+length-grouped batches (``pipelines.train_batches``), and after every epoch (or
+at ``--max-steps``) the ranks score their shares of dev, rank 0 scores the whole
+with seqeval and reports a checkpoint. The best checkpoint by dev F1 becomes the
 output model.
 
 Resume is Ray Train's own: a run with the same name and storage path picks up
 its checkpoint manager and ``ray.train.get_checkpoint()`` returns the latest
-checkpoint, which holds model, optimizer, scheduler and the epoch reached.
+checkpoint, which holds model, optimizer, scheduler, the epoch and step reached.
 """
 
 from __future__ import annotations
@@ -25,15 +27,16 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import ray
 import ray.train
 import torch
+from ray.data import ExecutionOptions
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from ner_core.alignment import pad_windows, Window
 from ner_core.alignment import special_token_count
 from ner_core.calibration import score_labelled
 from ner_core.predictor import Predictor, resolve_settings, write_settings
@@ -51,11 +54,18 @@ from pipelines.console import Stage
 from pipelines.job_console import TrainingMonitor, tensorboard_dir
 from pipelines.labelled_data import collect_labels, encode_for_training, read_labelled, rows_with_context
 from pipelines.progress import Reporter
+from pipelines.train_batches import Batch, length_grouped_batches
 from pipelines.storage import arrow_filesystem, fsspec_filesystem, is_s3, strip_scheme
 
 RUN_NAME = "train"
 TRAIN_STRIDE = 32  # the default overlap of training windows
 STATE_FILE = "train_state.pt"
+# Windows a worker sorts by length at a time: batches pad little, and the worker holds no
+# more than this many windows whatever the size of the data.
+POOL_WINDOWS = 4096
+# Rows per block of the training windows the workers stream: small blocks spread evenly
+# over the workers, and the seeded block shuffle mixes the corpus at this grain.
+WINDOWS_PER_BLOCK = 1024
 
 
 def _help(text: str, **extra) -> dict:
@@ -95,18 +105,19 @@ class TrainConfig:
     context_length: int = field(default=0, metadata=_help("document context: up to this many subwords of the sentence's own document on each side, read but not labelled (CoNLL files with -DOCSTART-; 0: off)"))
     documents: str = field(default="markers", metadata=_help("where document context finds a CoNLL file's documents: markers (its -DOCSTART- lines) | datelines (the same where a file has them, else inferred from Reuters datelines, for CoNLL-2003 copies that lost their markers)"))
     eval_batch_size: int = 64
-    num_workers: int = field(default=2, metadata=_help("Ray Train workers (data-parallel)"))
+    max_steps: int | None = field(default=None, metadata=_help("stop after this many optimizer steps, overriding --epochs (HF's max_steps: the LR schedule ends there, and more epochs run if needed); evaluated and checkpointed where it stops"))
+    num_workers: int | str = field(default="auto", metadata=_help("Ray Train workers (data-parallel): a number, or auto: with --use-gpu one per GPU in the cluster, on CPU one per node using its cores"))
     use_gpu: bool = False
-    cpus_per_worker: float = field(default=0.5, metadata=_help("CPUs reserved per worker; fractional so workers and Ray Data tasks fit together"))
+    cpus_per_worker: float | None = field(default=None, metadata=_help("CPUs reserved per worker, fractional allowed (default: each node's CPUs less --data-cpus, shared by the workers it holds)"))
+    data_cpus: float = field(default=0.5, metadata=_help("CPUs per node the default --cpus-per-worker leaves to Ray Data tasks: on a small machine, workers holding every core leave Ray Data's tasks waiting forever"))
     worker_resources: str | dict[str, float] | None = field(default=None, metadata=_help("custom Ray resources per worker, NAME=AMOUNT[,...] (e.g. gpu_node=1): pins workers to the node types that declare them"))
-    torch_threads: int = field(default=1, metadata=_help("torch intra-op threads per worker"))
+    torch_threads: int | None = field(default=None, metadata=_help("torch intra-op threads per worker (default: the worker's CPUs, rounded up)"))
     mixed_precision: str = field(default="auto", metadata=_help("auto (bf16/fp16 on GPU, fp32 on CPU) | bf16 (GPU or CPU) | fp16 (GPU) | none"))
     seed: int = 42
     log_every: int = field(default=50, metadata=_help("print progress every N batches on rank 0 (0: never)"))
     resume: bool = field(default=False, metadata=_help("continue the interrupted run in --output from its last checkpoint"))
     max_failures: int = field(default=2, metadata=_help("worker failures tolerated; each restarts from the last checkpoint"))
     checkpoints_to_keep: int = 2
-    fail_after_epoch: int | None = field(default=None, metadata=_help("testing: raise in the workers after this epoch's checkpoint (once)", cli=True))
 
     def __post_init__(self):
         if self.head not in HEADS:
@@ -124,11 +135,19 @@ class TrainConfig:
         if self.decoder_attention not in DECODER_ATTENTION:
             raise ValueError(f"decoder_attention must be one of {DECODER_ATTENTION}, got {self.decoder_attention!r}")
         check_mixed_precision(self.mixed_precision)
-        for name in ("epochs", "batch_size", "grad_accum_steps", "num_workers", "max_length", "torch_threads", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.cpus_per_worker <= 0:
+        if isinstance(self.num_workers, str) and self.num_workers != "auto":
+            try:
+                self.num_workers = int(self.num_workers)  # a flag's text
+            except ValueError:
+                raise ValueError(f"num_workers must be a number or auto, got {self.num_workers!r}") from None
+        for name in ("epochs", "batch_size", "grad_accum_steps", "max_length", "eval_batch_size", "num_workers", "torch_threads", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and value != "auto" and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
             raise ValueError("cpus_per_worker must be > 0")
+        if self.data_cpus < 0:
+            raise ValueError("data_cpus must be >= 0")
         if self.context_length < 0:
             raise ValueError(f"context_length must be >= 0, got {self.context_length}")
         check_documents(self.documents)
@@ -151,50 +170,147 @@ class TrainConfig:
         return {"CPU": self.cpus_per_worker, **({"GPU": 1} if self.use_gpu else {}), **parse_resources(self.worker_resources)}
 
 
+# ----------------------------------------------------------------- what the workers get
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """How many Ray Train workers and what each one holds, worked out once on the driver; ``why`` is for the plan line."""
+
+    num_workers: int
+    cpus_per_worker: float
+    torch_threads: int
+    why: str
+
+    def apply(self, cfg: TrainConfig) -> TrainConfig:
+        return dataclasses.replace(cfg, num_workers=self.num_workers, cpus_per_worker=self.cpus_per_worker, torch_threads=self.torch_threads)
+
+
+def plan_workers(cfg: TrainConfig, nodes: list[dict] | None = None) -> WorkerPlan:
+    """``--num-workers auto`` and the default CPUs and threads, from the nodes alive now (Ray's ``Resources`` dicts).
+
+    auto: with ``--use-gpu`` one worker per GPU in the cluster; on CPU one per node, using
+    its cores. A worker's CPUs default to its node's CPUs less ``--data-cpus`` (the room Ray
+    Data's tasks need beside the workers: on 2 cores, workers holding both would leave them
+    waiting forever), shared by the workers the node holds; torch threads default to those
+    CPUs rounded up. Nodes lacking ``--worker-resources`` are not counted. A config whose
+    values are all set comes back as it is.
+    """
+    if cfg.num_workers != "auto" and cfg.cpus_per_worker is not None:
+        return WorkerPlan(int(cfg.num_workers), cfg.cpus_per_worker, cfg.torch_threads or max(1, math.ceil(cfg.cpus_per_worker)), "as set")
+    if nodes is None:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    wanted = parse_resources(cfg.worker_resources)
+    usable = [r for r in nodes if all(r.get(k, 0) >= v for k, v in wanted.items()) and (r.get("GPU", 0) >= 1 if cfg.use_gpu else r.get("CPU", 0) > cfg.data_cpus)]
+    per_node = [int(r["GPU"]) if cfg.use_gpu else 1 for r in usable]  # workers each node takes under auto
+    if cfg.num_workers == "auto":
+        num_workers = sum(per_node)
+        if not num_workers:
+            what = "GPUs" if cfg.use_gpu else f"nodes with more than --data-cpus {cfg.data_cpus:g} CPUs"
+            needs = f" and {', '.join(wanted)}" if wanted else ""
+            raise ValueError(f"--num-workers auto: the Ray cluster has no {what}{needs} now (an autoscaling cluster starts nodes on demand): pass --num-workers N and --cpus-per-worker")
+        why = f"auto: one per GPU ({num_workers} in the cluster)" if cfg.use_gpu else f"auto: one per node ({num_workers} node{'s' if num_workers > 1 else ''})"
+    else:
+        num_workers, why = int(cfg.num_workers), "as set"
+        per_node = [math.ceil(num_workers / max(len(usable), 1))] * len(usable)  # spread evenly
+    cpus = cfg.cpus_per_worker
+    if cpus is None:
+        if not usable:
+            raise ValueError("no node has room for a training worker now: pass --cpus-per-worker")
+        # the smallest node's share: Ray Train asks the same of every worker
+        cpus = math.floor(100 * min((r["CPU"] - cfg.data_cpus) / k for r, k in zip(usable, per_node))) / 100
+        if cpus <= 0:
+            raise ValueError(f"{num_workers} workers leave no CPU per worker after --data-cpus {cfg.data_cpus:g}: pass --cpus-per-worker")
+        why += f", each node's CPUs less {cfg.data_cpus:g} for Ray Data tasks"
+    threads = cfg.torch_threads or max(1, math.ceil(cpus))
+    return WorkerPlan(num_workers, cpus, threads, why)
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """The one object every worker is given: the settings (workers resolved) and what the driver found in the data.
+
+    Every rank trains on ``windows // num_workers`` windows per epoch: the train set reaches
+    the workers through Ray Data's ``streaming_split(equal=True)``, which gives each the same
+    number of rows (dropping the remainder, fewer than one window per worker). So every rank
+    runs the same number of optimizer steps, which DDP needs, and the counts are known here.
+    """
+
+    cfg: TrainConfig
+    labels: tuple[str, ...]
+    windows: int  # in the training set
+    has_dev: bool
+    progress: Any = None  # rank 0's progress board (pipelines.progress)
+
+    @property
+    def windows_per_rank(self) -> int:
+        return self.windows // self.cfg.num_workers
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(self.windows_per_rank / self.cfg.batch_size)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.batches_per_epoch / self.cfg.grad_accum_steps)
+
+    @property
+    def total_steps(self) -> int:
+        """The LR schedule's length: ``--max-steps``, else every step of ``--epochs``."""
+        return self.cfg.max_steps or self.steps_per_epoch * self.cfg.epochs
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    def batches_in(self, epoch: int) -> int:
+        """Micro-batches of ``epoch``: all, or in the epoch where ``--max-steps`` ends, those up to it."""
+        left = self.total_steps - epoch * self.steps_per_epoch
+        return min(self.batches_per_epoch, left * self.cfg.grad_accum_steps)
+
+
 # ----------------------------------------------------------------- worker side
+
+
+@dataclass
+class _Worker:
+    """One rank's training state, shared by the steps of ``train_loop_per_worker``."""
+
+    plan: TrainPlan
+    rank: int
+    world: int
+    tokenizer: Any
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    device: torch.device
+    dtype: torch.dtype | None  # autocast
+    scaler: Any  # fp16 only
+    progress: Reporter
+    next_epoch: int = 0
+    step: int = 0  # optimizer steps done
+    history: list[dict] = field(default_factory=list)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Every rank: build the tagger, restore the last checkpoint, then per epoch train on this
+    rank's shard, score dev, and checkpoint, until ``--epochs`` or ``--max-steps`` ends."""
+    plan: TrainPlan = config["plan"]
+    worker = _start(plan)
+    _restore(worker)
+    dev_rows = _dev_share(worker.rank, worker.world) if plan.has_dev else None
+    shard = ray.train.get_dataset_shard("train")
+    for epoch in range(worker.next_epoch, plan.epochs):
+        metrics = _train_epoch(worker, shard, epoch)
+        if dev_rows is not None:
+            metrics.update(_evaluate(worker.model, worker.tokenizer, dev_rows, plan.cfg, worker.device, worker.dtype))
+        _checkpoint(worker, metrics)
 
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _epoch_batches(rows: list[dict], epoch: int, cfg: TrainConfig, rank: int, world: int) -> list[list[dict]]:
-    """This rank's length-grouped batches for one epoch.
-
-    All ranks draw the same seeded permutation, take every world-th row and
-    cut to the same count, so every rank runs the same number of steps (DDP
-    needs that) and the order depends only on seed and epoch. Rows are then
-    sorted by length inside chunks of 50 batches, so a batch pads little,
-    and the batches are shuffled.
-    """
-    rng = np.random.default_rng(cfg.seed + 1000 * epoch)
-    per_rank = len(rows) // world
-    mine = [rows[i] for i in rng.permutation(len(rows))[rank::world][:per_rank]]
-    chunk = cfg.batch_size * 50
-    batches = []
-    for start in range(0, len(mine), chunk):
-        group = sorted(mine[start : start + chunk], key=lambda r: r["length"])
-        batches += [group[i : i + cfg.batch_size] for i in range(0, len(group), cfg.batch_size)]
-    order = rng.permutation(len(batches))
-    return [batches[i] for i in order]
-
-
-def _rows(shard, columns: tuple[str, ...]) -> list[dict]:
-    """All rows of a dataset shard as plain Python values, read in large Arrow batches.
-
-    (Row-by-row iteration costs a conversion per row: minutes for CoNLL.)
-    """
-    rows: list[dict] = []
-    for batch in shard.iter_batches(batch_size=8192, batch_format="pyarrow"):
-        cols = [batch.column(c).to_pylist() for c in columns]
-        rows.extend(dict(zip(columns, values)) for values in zip(*cols))
-    return rows
-
-
-def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    return autocast_dtype(cfg.mixed_precision, device.type)
 
 
 def _unwrap(model):
@@ -209,153 +325,230 @@ def inference_settings(cfg: TrainConfig, tokenizer, temperature: float = 1.0):
     return settings
 
 
-def _evaluate(model, tokenizer, dev_rows, cfg: TrainConfig, device, dtype) -> dict:
-    predictor = Predictor(_unwrap(model), tokenizer, inference_settings(cfg, tokenizer), device=device, autocast_dtype=dtype)
-    pred = predictor.predict([r["tokens"] for r in dev_rows], contexts=[(r["context_left"], r["context_right"]) for r in dev_rows])
-    return evaluate_tags([r["tags"] for r in dev_rows], pred, scheme="IOB2", mode="strict")
-
-
-def train_loop_per_worker(config: dict) -> None:
-    cfg = TrainConfig(**config["cfg"])
-    labels = LabelMap(tuple(config["labels"]))
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    # rank 0's progress goes to the driver's console through the job's progress board
-    progress = Reporter(config.get("progress") if rank == 0 else None)
-    torch.set_num_threads(cfg.torch_threads)
-    _seed_everything(cfg.seed)
-
+def _build_model(cfg: TrainConfig, labels: LabelMap):
+    """The tokenizer and the tagger to train: a saved one (``--init-from``) or one built from its halves."""
     if cfg.init_from:
         tokenizer, model = load_tokenizer(cfg.init_from), load_tagger(cfg.init_from)
         if cfg.new_head:
             replace_head(model, labels)
         elif tagger_labels(model).labels != labels.labels:
             model.config.id2label, model.config.label2id = dict(labels.id2label), dict(labels.label2id)  # HF's LABEL_k named after the data
-    else:
-        tokenizer = load_tokenizer(cfg.encoder, case_markers=cfg.case_markers)
-        model = build_tagger(
-            cfg.arch,
-            cfg.encoder,
-            cfg.decoder if cfg.arch == "encoder-decoder" else None,
-            labels=labels,
-            vocab_size=len(tokenizer),
-            decoder_attention=cfg.decoder_attention,
-            head=cfg.head,
-        )
+        return tokenizer, model
+    tokenizer = load_tokenizer(cfg.encoder, case_markers=cfg.case_markers)
+    model = build_tagger(
+        cfg.arch,
+        cfg.encoder,
+        cfg.decoder if cfg.arch == "encoder-decoder" else None,
+        labels=labels,
+        vocab_size=len(tokenizer),
+        decoder_attention=cfg.decoder_attention,
+        head=cfg.head,
+    )
+    return tokenizer, model
+
+
+def _start(plan: TrainPlan) -> _Worker:
+    """This rank's model (DDP-wrapped, on its device), optimizer and LR schedule over ``plan.total_steps``."""
+    from transformers import get_linear_schedule_with_warmup
+
+    cfg = plan.cfg
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.torch_threads)
+    _seed_everything(cfg.seed)
+    tokenizer, model = _build_model(cfg, LabelMap(plan.labels))
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     groups = [
         {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)], "weight_decay": cfg.weight_decay},
         {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
     ]
-
-    train_rows = sorted(_rows(ray.train.get_dataset_shard("train"), ("input_ids", "labels", "length", "key")), key=lambda r: r["key"])
-    dev_rows = []
-    if rank == 0 and config["has_dev"]:
-        dev_rows = sorted(_rows(ray.train.get_dataset_shard("dev"), ("tokens", "tags", "source", "line", "context_left", "context_right")), key=lambda r: (r["source"], r["line"]))
-
-    steps_per_epoch = math.ceil(len(_epoch_batches(train_rows, 0, cfg, rank, world)) / cfg.grad_accum_steps)
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_rows)} training windows are too few for {world} workers")
-    total_steps = steps_per_epoch * cfg.epochs
-
-    from transformers import get_linear_schedule_with_warmup
-
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    dtype = _autocast_dtype(cfg, device)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * plan.total_steps), plan.total_steps)
+    dtype = autocast_dtype(cfg.mixed_precision, device.type)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    # rank 0's progress goes to the driver's console through the job's progress board
+    progress = Reporter(plan.progress if rank == 0 else None)
+    return _Worker(plan, rank, world, tokenizer, model, optimizer, scheduler, device, dtype, scaler, progress)
 
-    start_epoch, history, resumed = 0, [], False
+
+def _restore(worker: _Worker) -> None:
+    """Continue from Ray Train's latest checkpoint of this run, if there is one: weights, optimizer, schedule, history."""
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            from safetensors.torch import load_file
+    if checkpoint is None:
+        return
+    from safetensors.torch import load_file
 
-            _unwrap(model).load_state_dict(load_file(os.path.join(ckpt_dir, "model.safetensors"), device=str(device)), strict=False)
-            state = torch.load(os.path.join(ckpt_dir, STATE_FILE), map_location=device, weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history, resumed = int(state["epoch"]) + 1, json.loads(state["history"]), True
+    with checkpoint.as_directory() as ckpt_dir:
+        _unwrap(worker.model).load_state_dict(load_file(os.path.join(ckpt_dir, "model.safetensors"), device=str(worker.device)), strict=False)
+        state = torch.load(os.path.join(ckpt_dir, STATE_FILE), map_location=worker.device, weights_only=True)
+    worker.optimizer.load_state_dict(state["optimizer"])
+    worker.scheduler.load_state_dict(state["scheduler"])
+    worker.next_epoch = int(state["epoch"]) + 1
+    worker.step = int(state.get("step", worker.next_epoch * worker.plan.steps_per_epoch))  # checkpoints before --max-steps
+    worker.history = json.loads(state["history"])
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for epoch in range(start_epoch, cfg.epochs):
-        _seed_everything(cfg.seed + 7919 * epoch + rank)
-        model.train()
-        batches = _epoch_batches(train_rows, epoch, cfg, rank, world)
-        t0 = time.perf_counter()
-        tokens, loss_sum = 0, 0.0
-        recent_loss, recent_batches = 0.0, 0
-        optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(batches):
-            windows = [Window(r["input_ids"], [1] * len(r["input_ids"]), [], r["labels"], 0, 0) for r in batch]
-            padded = {k: torch.tensor(v, device=device) for k, v in pad_windows(windows, pad_id, 8).items()}
-            tokens += int(padded["attention_mask"].sum())
-            last_micro = (i + 1) % cfg.grad_accum_steps == 0 or i + 1 == len(batches)
-            sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
-            with sync:
-                with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
-                    loss = model(**padded).loss / cfg.grad_accum_steps
-                (scaler.scale(loss) if scaler else loss).backward()
-            loss_sum += float(loss.detach()) * cfg.grad_accum_steps
-            recent_loss, recent_batches = recent_loss + float(loss.detach()) * cfg.grad_accum_steps, recent_batches + 1
-            if last_micro:
-                if scaler:
-                    scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            if rank == 0 and cfg.log_every and ((i + 1) % cfg.log_every == 0 or i + 1 == len(batches)):
-                # progress for overnight runs, in the worker's log file (and the driver's console
-                # with --verbose); the console's progress line comes through `progress`
-                elapsed = time.perf_counter() - t0
-                print(
-                    f"epoch {epoch + 1}/{cfg.epochs} batch {i + 1}/{len(batches)} loss {loss_sum / (i + 1):.4f} "
-                    f"{tokens / elapsed:.0f} tokens/s (rank 0)",
-                    flush=True,
-                )
-            if rank == 0:
-                event = {"kind": "step", "epoch": epoch, "batch": i + 1, "batches": len(batches), "loss": loss_sum / (i + 1), "recent_loss": recent_loss / recent_batches, "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9)}
-                if progress.push(event, throttled=i + 1 < len(batches)):
-                    recent_loss, recent_batches = 0.0, 0
-        train_time = time.perf_counter() - t0
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            count = torch.tensor([tokens], dtype=torch.float64, device=device)
-            torch.distributed.all_reduce(count)
-            tokens = int(count.item())
 
-        metrics = {"epoch": epoch, "train_loss": loss_sum / max(len(batches), 1), "train_tokens": tokens, "train_time_s": train_time, "tokens_per_s": tokens / train_time if train_time else 0.0}
-        if rank == 0:
-            if dev_rows:
-                t1 = time.perf_counter()
-                dev = _evaluate(model, tokenizer, dev_rows, cfg, device, dtype)
-                metrics.update({"dev_f1": dev["f1"], "dev_precision": dev["precision"], "dev_recall": dev["recall"], "dev_per_type": dev["per_type"], "dev_confusion": dev["confusion"], "eval_time_s": time.perf_counter() - t1})
-        # the checkpoint score: dev F1, or (no dev set) the lowest training loss
-        metrics["score"] = metrics.get("dev_f1", -metrics["train_loss"])
-        if rank == 0:
-            history.append(metrics)
-            progress.push({"kind": "epoch", **metrics}, wait=True)
-            with tempfile.TemporaryDirectory() as tmp:
-                save_tagger(_unwrap(model), tokenizer, tmp)
-                torch.save(
-                    {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "history": json.dumps(history)},
-                    os.path.join(tmp, STATE_FILE),
-                )
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=f"epoch_{epoch:03d}")
+def _train_epoch(worker: _Worker, shard, epoch: int) -> dict:
+    """One pass over this rank's shard (or up to ``--max-steps``), streamed in length-grouped batches.
+
+    Ray Data runs the split again for each epoch, in the same order (``preserve_order``, and
+    the block order the driver shuffled once with the seed), so a rank sees the same
+    windows every epoch, and a resumed run the same ones as an uninterrupted one. What
+    changes per epoch, seeded by (seed, epoch, rank), is the order inside each pool of
+    ``POOL_WINDOWS``: which windows of a length share a batch, and the batches' order.
+    (Ray's per-execution reseeding would reshuffle blocks per epoch, but it counts
+    executions, so a resumed run would replay epoch 0's order.)
+    """
+    plan, cfg, model = worker.plan, worker.plan.cfg, worker.model
+    _seed_everything(cfg.seed + 7919 * epoch + worker.rank)  # dropout
+    model.train()
+    batches = plan.batches_in(epoch)
+    windows = min(plan.windows_per_rank, batches * cfg.batch_size)
+    pool = max(1, POOL_WINDOWS // cfg.batch_size) * cfg.batch_size
+    pad_id = worker.tokenizer.pad_token_id if worker.tokenizer.pad_token_id is not None else 0
+    stream = iter(shard.iter_batches(batch_size=1024, batch_format="pyarrow", prefetch_batches=1))
+    grouped = length_grouped_batches(stream, windows=windows, batch_size=cfg.batch_size, pool=pool, rng=np.random.default_rng((cfg.seed, epoch, worker.rank)), pad_id=pad_id)
+    t0 = time.perf_counter()
+    tokens, loss_sum, recent_loss, recent_batches = 0, 0.0, 0.0, 0
+    waits: list[float] = []  # seconds the loop waited for each batch: the data path's cost
+    worker.optimizer.zero_grad(set_to_none=True)
+    for i, batch in enumerate(_timed(grouped, waits)):
+        last_micro = (i + 1) % cfg.grad_accum_steps == 0 or i + 1 == batches
+        loss = _micro_step(worker, batch, last_micro)
+        tokens += batch.tokens
+        loss_sum, recent_loss, recent_batches = loss_sum + loss, recent_loss + loss, recent_batches + 1
+        if worker.rank == 0 and cfg.log_every and ((i + 1) % cfg.log_every == 0 or i + 1 == batches):
+            # progress for overnight runs, in the worker's log file (and the driver's console
+            # with --verbose); the console's progress line comes through `progress`
+            print(f"epoch {epoch + 1}/{plan.epochs} batch {i + 1}/{batches} loss {loss_sum / (i + 1):.4f} {tokens / (time.perf_counter() - t0):.0f} tokens/s (rank 0)", flush=True)
+        if worker.rank == 0:
+            event = {"kind": "step", "epoch": epoch, "batch": i + 1, "batches": batches, "loss": loss_sum / (i + 1), "recent_loss": recent_loss / recent_batches, "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9)}
+            if worker.progress.push(event, throttled=i + 1 < batches):
+                recent_loss, recent_batches = 0.0, 0
+    if windows == plan.windows_per_rank:
+        for _ in stream:  # the split's epoch ends when every rank has read its share to the end
+            pass
+    train_time = time.perf_counter() - t0
+    per_rank = _gather((windows, tokens), worker.world)
+    total_tokens = sum(t for _, t in per_rank)
+    return {
+        "epoch": epoch,
+        "step": worker.step,
+        "train_loss": loss_sum / max(batches, 1),
+        "train_tokens": total_tokens,
+        "train_time_s": train_time,
+        "tokens_per_s": total_tokens / train_time if train_time else 0.0,
+        "lr": worker.scheduler.get_last_lr()[0],
+        "train_windows": plan.windows,
+        "windows_per_rank": [w for w, _ in per_rank],
+        "data_wait_s": sum(waits),  # this rank's: the first batch (the split starting) and the rest
+        "first_batch_s": waits[0] if waits else 0.0,
+    }
+
+
+def _timed(items, waits: list[float]):
+    """``items``, appending to ``waits`` how long each took to arrive."""
+    it = iter(items)
+    while True:
+        t = time.perf_counter()
+        item = next(it, None)
+        if item is None:
+            return
+        waits.append(time.perf_counter() - t)
+        yield item
+
+
+def _micro_step(worker: _Worker, batch: Batch, last_micro: bool) -> float:
+    """Forward and backward of one batch; on the last micro-batch of ``--grad-accum-steps``, the optimizer step."""
+    cfg, model = worker.plan.cfg, worker.model
+    inputs = {k: torch.from_numpy(getattr(batch, k)).to(worker.device) for k in ("input_ids", "attention_mask", "labels")}
+    sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
+    with sync:
+        with torch.autocast(device_type=worker.device.type, dtype=worker.dtype, enabled=worker.dtype is not None):
+            loss = model(**inputs).loss / cfg.grad_accum_steps
+        (worker.scaler.scale(loss) if worker.scaler else loss).backward()
+    if last_micro:
+        if worker.scaler:
+            worker.scaler.unscale_(worker.optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        if worker.scaler:
+            worker.scaler.step(worker.optimizer)
+            worker.scaler.update()
         else:
-            ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=f"epoch_{epoch:03d}")
-        if cfg.fail_after_epoch is not None and epoch == cfg.fail_after_epoch and not resumed:
-            # every rank waits for rank 0's upload to end: a rank raising at once would have
-            # the controller stop the group while rank 0 still writes the checkpoint to S3
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.barrier()
-            raise RuntimeError(f"injected failure after epoch {epoch} (fail_after_epoch)")
+            worker.optimizer.step()
+        worker.scheduler.step()
+        worker.optimizer.zero_grad(set_to_none=True)
+        worker.step += 1
+    return float(loss.detach()) * cfg.grad_accum_steps
+
+
+def _gather(obj, world: int) -> list:
+    """``obj`` from every rank, in rank order (one collective; the object itself on a single worker)."""
+    if world == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [obj]
+    out = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _dev_share(rank: int, world: int) -> list[dict]:
+    """This rank's dev sentences: every ``world``-th, counted in the dataset's order, the same
+    on every rank (``preserve_order``); ``_evaluate`` checks that the shares do not overlap."""
+    columns = ("tokens", "tags", "source", "line", "context_left", "context_right")
+    rows, seen = [], 0
+    for batch in ray.train.get_dataset_shard("dev").iter_batches(batch_size=4096, batch_format="pyarrow"):
+        part = batch.take([k for k in range(batch.num_rows) if (seen + k) % world == rank])
+        seen += batch.num_rows
+        values = [part.column(c).to_pylist() for c in columns]
+        rows += [dict(zip(columns, v)) for v in zip(*values)]
+    return rows
+
+
+def _evaluate(model, tokenizer, dev_rows, cfg: TrainConfig, device, dtype) -> dict:
+    """Dev scores, sharded across the ranks: each predicts its share (``_dev_share``), rank 0 gathers the predictions and scores them all.
+
+    Sharded rather than overlapped with training: the ranks wait for each other only at the
+    gather, for the slowest share (``eval_wait_s``: the longest any rank waited there), where
+    rank 0 alone used to score all of dev while the others waited for it. Returns the scores
+    (and ``eval_time_s``, ``eval_wait_s``) on rank 0, ``{}`` on the others.
+    """
+    t0 = time.perf_counter()
+    tagger = Predictor(_unwrap(model), tokenizer, inference_settings(cfg, tokenizer), device=device, autocast_dtype=dtype)
+    pred = tagger.predict([r["tokens"] for r in dev_rows], contexts=[(r["context_left"], r["context_right"]) for r in dev_rows]) if dev_rows else []
+    mine = [((r["source"], r["line"]), r["tags"], p) for r, p in zip(dev_rows, pred)]
+    ctx = ray.train.get_context()
+    shares = _gather((mine, time.perf_counter() - t0), ctx.get_world_size())
+    if ctx.get_world_rank() != 0:
+        return {}
+    rows = sorted((row for share, _ in shares for row in share), key=lambda r: r[0])
+    if len({key for key, _, _ in rows}) != len(rows):
+        raise RuntimeError("dev shares overlap: the ranks read dev in different orders")
+    dev = evaluate_tags([gold for _, gold, _ in rows], [p for _, _, p in rows], scheme="IOB2", mode="strict")
+    predicted = [s for _, s in shares]
+    return {
+        "dev_f1": dev["f1"], "dev_precision": dev["precision"], "dev_recall": dev["recall"],
+        "dev_per_type": dev["per_type"], "dev_confusion": dev["confusion"],
+        "eval_time_s": time.perf_counter() - t0, "eval_wait_s": max(predicted) - min(predicted),
+    }  # fmt: skip
+
+
+def _checkpoint(worker: _Worker, metrics: dict) -> None:
+    """Report the epoch to Ray Train: rank 0 with a checkpoint (tagger, optimizer, schedule, steps, history)."""
+    # the checkpoint score: dev F1, or (no dev set) the lowest training loss
+    metrics["score"] = metrics.get("dev_f1", -metrics["train_loss"])
+    name = f"epoch_{metrics['epoch']:03d}"
+    if worker.rank != 0:
+        ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
+        return
+    worker.history.append(metrics)
+    worker.progress.push({"kind": "epoch", **metrics}, wait=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_tagger(_unwrap(worker.model), worker.tokenizer, tmp)
+        state = {"optimizer": worker.optimizer.state_dict(), "scheduler": worker.scheduler.state_dict(), "epoch": metrics["epoch"], "step": worker.step, "history": json.dumps(worker.history)}
+        torch.save(state, os.path.join(tmp, STATE_FILE))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
 
 
 # ----------------------------------------------------------------- driver side
@@ -443,12 +636,20 @@ def _require_context(data: dict, context_length: int, documents: str) -> None:
             )
 
 
+def _read(cfg: TrainConfig, path: str):
+    """Labelled rows of ``path``, materialized in file order (so windows and dev shares come out the same in every run)."""
+    ds = read_labelled(path, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column, cfg.context_length, cfg.documents)
+    ds.context.execution_options.preserve_order = True  # this dataset's own context, shared by those made from it
+    return ds.materialize()
+
+
 def run_training(cfg: TrainConfig) -> dict:
     """Train, select the best epoch by dev F1, write the output directory; returns the summary."""
     started = time.perf_counter()
     if not cfg.train:
         raise ValueError("no training data: set --train")
     cfg = resolve_models(cfg)
+    cfg = plan_workers(cfg).apply(cfg)  # no change when jobs.train resolved them for its plan line
     if cfg.arch == "encoder-decoder" and not cfg.init_from:
         from ner_core.model import check_encoder_decoder
 
@@ -471,30 +672,40 @@ def run_training(cfg: TrainConfig) -> dict:
     tokenizer = load_tokenizer(resolve_model_path(cfg.init_from or cfg.encoder), case_markers=cfg.case_markers and not cfg.init_from)
     cfg = dataclasses.replace(cfg, stride=inference_settings(cfg, tokenizer).stride)
     reading = Stage("reading and tokenizing data", unit=None)
-    train_ds = read_labelled(cfg.train, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column, cfg.context_length, cfg.documents).materialize()
+    train_ds = _read(cfg, cfg.train)
     labels = _labels_for(cfg, train_ds)
     datasets = {}
     if cfg.dev:
-        dev_ds = read_labelled(cfg.dev, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column, cfg.context_length, cfg.documents).materialize()
+        dev_ds = _read(cfg, cfg.dev)
         unknown = sorted(set(collect_labels(dev_ds)) - set(labels.labels))
         if unknown:
             raise ValueError(f"dev data {cfg.dev} has labels {unknown} never seen in training data {cfg.train}")
         datasets["dev"] = dev_ds
     if cfg.context_length:
         _require_context({"--train": (cfg.train, train_ds), **({"--dev": (cfg.dev, datasets["dev"])} if cfg.dev else {})}, cfg.context_length, cfg.documents)
-    datasets["train"] = encode_for_training(
+    windows = encode_for_training(
         train_ds, resolve_model_path(cfg.init_from or cfg.encoder), labels, cfg.max_length, cfg.stride, cfg.case_markers, cfg.context_length
-    ).materialize()
+    )
+    # one order per seed, the same in a resumed run: file order, then blocks shuffled once
+    datasets["train"] = windows.repartition(target_num_rows_per_block=WINDOWS_PER_BLOCK).randomize_block_order(seed=cfg.seed).materialize()
+    sentences = train_ds.count()
+    del train_ds, windows  # the sentences live on as windows: free their blocks before training
+    plan = TrainPlan(cfg, labels.labels, datasets["train"].count(), has_dev=bool(cfg.dev))
+    if plan.windows_per_rank == 0:
+        raise ValueError(f"{plan.windows} training windows are too few for {cfg.num_workers} workers")
     dev_note = f", {datasets['dev'].count():,} dev sentences" if cfg.dev else ""
-    reading.finish(f"{train_ds.count():,} training sentences -> {datasets['train'].count():,} windows{dev_note}; {len(labels.labels)} labels")
+    steps_note = f"; {plan.total_steps:,} steps ({plan.steps_per_epoch:,} per epoch)"
+    reading.finish(f"{sentences:,} training sentences -> {plan.windows:,} windows{dev_note}; {len(labels.labels)} labels{steps_note}")
 
-    monitor = TrainingMonitor(cfg.epochs, tensorboard_dir(cfg.output))
+    monitor = TrainingMonitor(plan.epochs, tensorboard_dir(cfg.output))
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": dataclasses.asdict(cfg), "labels": list(labels.labels), "has_dev": bool(cfg.dev), "progress": monitor.board},
+        train_loop_config={"plan": dataclasses.replace(plan, progress=monitor.board)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=cfg.resources_per_worker()),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=[]),
+        # train: each worker streams its own share; dev: each reads it whole, keeps its share.
+        # In order, so every run (and every rank's view of dev) sees the rows the same way.
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=ExecutionOptions(preserve_order=True)),
         run_config=RunConfig(
             name=RUN_NAME,
             **_storage_args(cfg.run_dir),

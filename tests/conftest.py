@@ -277,3 +277,48 @@ def tiny_tagger(tiny_dirs, tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_tagger") / "model"
     save_tagger(model, cased, path)
     return str(path)
+
+
+class TrainingWorkerKiller:
+    """Kills one Ray Train worker process from outside, the way a node loses one, once ``ready()`` holds.
+
+    A thread polls ``ready`` (e.g. "the first checkpoint is registered"), then finds a live
+    ``RayTrainWorker`` actor of this test cluster through Ray's State API and SIGKILLs its
+    process with psutil. Use as a context manager around the training run; ``killed``: the pid.
+    """
+
+    def __init__(self, ready, dashboard: str, timeout_s: float = 300):
+        import threading
+
+        self.ready, self.dashboard, self.timeout_s = ready, dashboard, timeout_s
+        self.killed: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kill-training-worker", daemon=True)
+
+    def _run(self) -> None:
+        import time
+
+        import psutil
+        from ray.util.state import list_actors
+
+        deadline = time.time() + self.timeout_s
+        pids: list[int] = []
+        while not self._stop.is_set() and time.time() < deadline:
+            try:
+                if not pids:  # found before the checkpoint, so the kill follows it within a poll
+                    pids = [a.pid for a in list_actors(address=self.dashboard, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], raise_on_missing_output=False)]
+                elif self.ready():
+                    psutil.Process(pids[0]).kill()
+                    self.killed = pids[0]
+                    return
+            except (OSError, psutil.Error):  # a listing or file read mid-write: try again
+                pass
+            time.sleep(0.05)
+
+    def __enter__(self) -> "TrainingWorkerKiller":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()

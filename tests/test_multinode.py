@@ -31,7 +31,7 @@ from jobs import train as train_job
 from jobs.cli import run_main
 from ner_core.sample_data import make_sentences, make_texts, write_conll
 
-from conftest import _free_port
+from conftest import TrainingWorkerKiller, _free_port
 
 WORKER = "worker_node"  # the custom resource only the second node has
 
@@ -147,7 +147,7 @@ def _s3_json(uri: str):
 
 
 def test_training_on_a_worker_node_resumes_from_checkpoints_on_s3(ray_cluster, ray_head, two_nodes, tiny_dirs, conll_small, s3_bucket, tmp_path):
-    """Workers pinned to the non-head node, checkpoints on S3; a failure after epoch 0 and
+    """Workers pinned to the non-head node, checkpoints on S3; a worker killed after epoch 0 and
     --resume give the same epochs and F1 as an uninterrupted run whose model went to s3://."""
     from pipelines.storage import strip_scheme
 
@@ -161,10 +161,18 @@ def test_training_on_a_worker_node_resumes_from_checkpoints_on_s3(ray_cluster, r
     assert _nodes_of(ray_head["dashboard"], "actor", lambda n: n == "RayTrainWorker", actors_before) == {two_nodes["worker"]}
 
     output, storage = tmp_path / "resumed", f"{s3_bucket}/runs/resumed"
-    with pytest.raises(Exception, match="injected failure after epoch 0"):
-        train_job.main(_train_argv(tiny_dirs, conll_small, output, *pin, "--storage", storage, "--fail-after-epoch", "0", "--max-failures", "0"))
+
+    def first_checkpoint_registered() -> bool:
+        snapshot = f"{strip_scheme(storage)}/train/checkpoint_manager_snapshot.json"
+        return snapshot in _s3_files(storage) and "epoch_000" in json.dumps(_s3_json(f"s3://{snapshot}"))
+
+    # a worker process on the second node killed from outside once epoch 0's checkpoint is on S3
+    with TrainingWorkerKiller(first_checkpoint_registered, ray_head["dashboard"]) as killer:
+        with pytest.raises(Exception, match="worker process has died"):
+            train_job.main(_train_argv(tiny_dirs, conll_small, output, *pin, "--storage", storage, "--max-failures", "0"))
+    assert killer.killed
     checkpoints = _s3_files(storage)
-    assert [p for p in checkpoints if "/train/epoch_000/" in p] and not [p for p in checkpoints if "/epoch_001/" in p], checkpoints
+    assert [p for p in checkpoints if "/train/epoch_000/" in p], checkpoints
     assert not (output / "_ray").exists()  # nothing of the run on the driver's disk
     assert train_job.main(_train_argv(tiny_dirs, conll_small, output, *pin, "--storage", storage, "--resume")) == 0
 

@@ -273,22 +273,37 @@ def test_same_labels_entities_and_scores_as_jobs_tag(server, tiny_tagger, tmp_pa
         assert {k: rows[i][k] for k in ("tokens", "labels", "scores", "entities")} == doc, texts[i]
 
 
-def test_a_document_that_breaks_the_model_fails_alone():
-    """The replica's model call, on a predictor that fails one document: the others are still tagged."""
+def test_a_document_that_breaks_the_model_fails_alone(tiny_tagger):
+    """The replica's model call, on a model that fails on one document: the others are still tagged."""
+    import torch
+
+    from ner_core.documents import document_from_tokens
+    from ner_core.predictor import Predictor
     from pipelines.serving.app import TaggerServer
 
-    class Breaks:
-        def tag_documents(self, docs, min_score=None):
-            if any(d == "bad" for d in docs):
-                raise ValueError("cannot tag this")
-            return [("tagged", d, min_score) for d in docs]
+    predictor = Predictor.load(tiny_tagger, device="cpu")
+    bad_id = predictor.tokenizer.convert_tokens_to_ids("bad")
 
-    replica = types.SimpleNamespace(predictor=Breaks(), healthy=True)
+    class Fragile(torch.nn.Module):  # the tagger, except that it cannot read the word "bad"
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, input_ids, attention_mask):
+            if (input_ids == bad_id).any():
+                raise ValueError("cannot tag this")
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    predictor.model = Fragile(predictor.model)
+    replica = types.SimpleNamespace(predictor=predictor, healthy=True)
     cls = TaggerServer.func_or_class
-    items = [("a", 0.0), ("bad", 0.0), ("b", 0.0), ("c", 0.5)]  # two requests' documents, each with its min_score
-    assert cls._tag_isolated(replica, items) == [("tagged", "a", 0.0), "tagging failed: ValueError: cannot tag this", ("tagged", "b", 0.0), ("tagged", "c", 0.5)]
-    assert replica.healthy
-    cls._tag_isolated(replica, [("bad", 0.0)])
+    doc = lambda *words: document_from_tokens({"w": list(words)}, "w")  # noqa: E731
+    items = [(doc("a", "b"), None), (doc("bad"), None), (doc("c"), None), (doc("d"), 0.5)]  # two requests' documents
+    out = cls._tag_isolated(replica, items)
+    assert [r.error for r in out] == [None, "tagging failed: ValueError: cannot tag this", None, None]
+    assert [r.tokens for r in out] == [["a", "b"], ["bad"], ["c"], ["d"]] and replica.healthy
+    assert out[1].to_dict() == {"error": "tagging failed: ValueError: cannot tag this"}
+    cls._tag_isolated(replica, [(doc("bad"), None)])
     assert not replica.healthy  # every document failed: /healthz says so, and Serve's check replaces the replica
     assert asyncio.run(cls.healthz(replica)).status_code == 503
     with pytest.raises(RuntimeError):

@@ -61,20 +61,73 @@ def test_evaluate_reproduces_the_reported_dev_f1(trained, conll_sample, tmp_path
     assert json.loads(out.read_text())["f1"] == reported
 
 
-def test_killed_run_resumes_to_the_same_result(ray_cluster, tiny_dirs, conll_sample, trained, tmp_path):
-    """Fail after the first checkpoint, then --resume: same epochs, none repeated, same F1 as uninterrupted."""
+def test_each_worker_streams_only_its_own_share_of_the_windows(trained):
+    """Ray Data's streaming split: per epoch every rank sees total // workers windows, none twice,
+    and runs the same number of steps (the split's remainder, under one window per rank, is dropped)."""
+    metrics = json.loads((trained / "metrics.json").read_text())
+    for e in metrics["epochs"]:
+        total, seen = e["train_windows"], e["windows_per_rank"]
+        assert total >= 400 and len(seen) == 2 and seen == [total // 2] * 2 and sum(seen) + total % 2 == total
+    steps = -(-(metrics["epochs"][0]["train_windows"] // 2) // 8)  # batch 8, one step per batch
+    assert [e["step"] for e in metrics["epochs"]] == [steps, 2 * steps]
+    assert metrics["epochs"][-1]["lr"] == 0.0  # the linear schedule ends with the run
+
+
+def _checkpoint_registered(run_dir, epoch: int):
+    """Whether Ray Train has recorded ``epoch``'s checkpoint (what --resume starts from)."""
+    snapshot = run_dir / "train" / "checkpoint_manager_snapshot.json"
+    return lambda: snapshot.exists() and f"epoch_{epoch:03d}" in snapshot.read_text()
+
+
+def test_killed_run_resumes_to_the_same_result(ray_cluster, ray_head, tiny_dirs, conll_sample, trained, tmp_path):
+    """A worker process killed after the first checkpoint, then --resume: same epochs, none repeated, same F1 as uninterrupted."""
+    import torch
+
+    from conftest import TrainingWorkerKiller
+
     output = tmp_path / "model"
-    with pytest.raises(Exception, match="injected failure after epoch 0"):
-        train_job.main(_argv(tiny_dirs, conll_sample, output, "--fail-after-epoch", "0", "--max-failures", "0"))
-    assert not (output / "metrics.json").exists()
+    with TrainingWorkerKiller(_checkpoint_registered(output / "_ray", 0), ray_head["dashboard"]) as killer:
+        with pytest.raises(Exception, match="worker process has died"):
+            train_job.main(_argv(tiny_dirs, conll_sample, output, "--max-failures", "0"))
+    assert killer.killed and not (output / "metrics.json").exists()
     with pytest.raises(ConfigError, match="pass --resume"):
         train_job.main(_argv(tiny_dirs, conll_sample, output))
+    state = torch.load(output / "_ray" / "train" / "epoch_000" / "train_state.pt", weights_only=True)
     assert train_job.main(_argv(tiny_dirs, conll_sample, output, "--resume")) == 0
     resumed = json.loads((output / "metrics.json").read_text())
     uninterrupted = json.loads((trained / "metrics.json").read_text())
     assert [e["epoch"] for e in resumed["epochs"]] == [0, 1]
+    assert resumed["epochs"][0] == json.loads(state["history"])[0]  # epoch 0 from the checkpoint, not trained again
     # determinism: same seed and config -> the same dev F1, epoch by epoch
     assert [e["dev_f1"] for e in resumed["epochs"]] == [e["dev_f1"] for e in uninterrupted["epochs"]]
+
+
+def test_max_steps_stops_there_and_auto_workers_fit_the_machine_with_no_flags(ray_cluster, tiny_dirs, tmp_path, capsys):
+    """--max-steps past --epochs: HF's meaning (more epochs, the schedule ends at the last step,
+    a mid-epoch stop evaluated and checkpointed); no resource flags: one worker on the 2-CPU
+    test cluster, leaving room for Ray Data's tasks."""
+    write_conll(tmp_path / "train.txt", make_sentences(60, seed=3))
+    write_conll(tmp_path / "dev.txt", make_sentences(10, seed=4))
+    argv = [
+        "--train", str(tmp_path / "train.txt"), "--dev", str(tmp_path / "dev.txt"), "--output", str(tmp_path / "model"),
+        "--arch", "encoder", "--encoder", tiny_dirs["bert"], "--epochs", "1", "--batch-size", "8", "--max-length", "32",
+    ]  # fmt: skip
+    max_steps = 10  # 60 sentences of about a window each: 8 steps of 8 per epoch, so it ends in the second
+    assert train_job.main([*argv, "--max-steps", str(max_steps)]) == 0
+    plan = capsys.readouterr().out
+    assert "1 worker(s) x 1.5 CPU, 2 torch thread(s) each (auto: one per node (1 node), each node's CPUs less 0.5 for Ray Data tasks)" in plan
+    assert f"{max_steps} steps (--max-steps)" in plan
+    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert (metrics["config"]["num_workers"], metrics["config"]["cpus_per_worker"], metrics["config"]["torch_threads"]) == (1, 1.5, 2)
+    epochs = metrics["epochs"]
+    windows = epochs[0]["train_windows"]
+    steps_per_epoch = -(-windows // 8)
+    assert 60 <= windows < 72 and steps_per_epoch < max_steps
+    assert [(e["epoch"], e["step"]) for e in epochs] == [(0, steps_per_epoch), (1, max_steps)]
+    # the last epoch stops after the batches up to --max-steps
+    assert [e["windows_per_rank"] for e in epochs] == [[windows], [(max_steps - steps_per_epoch) * 8]]
+    assert epochs[-1]["lr"] == 0.0 and epochs[0]["lr"] > 0  # the schedule's length is --max-steps
+    assert "dev_f1" in epochs[-1] and (tmp_path / "model" / "_ray" / "train" / "epoch_001").exists()
 
 
 @pytest.mark.parametrize(

@@ -110,23 +110,14 @@ class TaggerServer:
         return await asyncio.get_running_loop().run_in_executor(self._model_thread, self._tag_isolated, items)
 
     def _tag_isolated(self, items: list[tuple[Document, Optional[float]]]) -> list[Any]:
-        """One predictor call per min_score in the batch (requests may differ); a document whose call
-        raises is retried alone and becomes its error text."""
+        """One predictor call per min_score in the batch (requests may differ); the predictor itself
+        tags a document that breaks the call alone, as its error."""
         out: list[Any] = [None] * len(items)
         for min_score in dict.fromkeys(m for _, m in items):
             index = [i for i, (_, m) in enumerate(items) if m == min_score]
-            try:
-                for i, tagged in zip(index, self.predictor.tag_documents([items[i][0] for i in index], min_score=min_score)):
-                    out[i] = tagged
-                continue
-            except Exception:  # noqa: BLE001 - find the document that breaks the call; the others are still tagged
-                log.warning("a model call of %d documents failed; tagging them one by one", len(index), exc_info=True)
-            for i in index:
-                try:
-                    out[i] = self.predictor.tag_documents([items[i][0]], min_score=min_score)[0]
-                except Exception as exc:  # noqa: BLE001
-                    out[i] = f"tagging failed: {exception_line(exc)}"
-        self.healthy = not all(isinstance(r, str) or getattr(r, "error", None) is not None for r in out)
+            for i, tagged in zip(index, self.predictor.tag_documents([items[i][0] for i in index], min_score=min_score)):
+                out[i] = tagged
+        self.healthy = not all(r.error is not None for r in out)
         return out
 
     # --- routes -------------------------------------------------------------------------
@@ -145,7 +136,7 @@ class TaggerServer:
         except Exception as exc:  # noqa: BLE001 - a server fault, not the request's: no traceback to the client
             log.exception("tagging a request failed")
             return self._answer(started, 500, {"error": {"field": None, "reason": f"internal error: {type(exc).__name__}"}})
-        docs = [{"error": r} if isinstance(r, str) else r.to_dict() for r in results]
+        docs = [r.to_dict() for r in results]
         return self._answer(started, 200, {"documents": docs}, len(docs), sum("error" in d for d in docs))
 
     @api.get("/healthz")

@@ -11,7 +11,7 @@ from typing import Any
 
 from ner_core.precision import check_mixed_precision
 from ner_core.runtime import RUNTIMES, check_runtime
-from pipelines.cluster import parse_resources
+from pipelines.cluster import parse_range, parse_resources
 
 
 def _help(text: str, **extra: Any) -> dict:
@@ -69,14 +69,7 @@ class ServeConfig:
 
     def replica_range(self) -> tuple[int, int]:
         """``"2"`` -> (2, 2); ``"1-4"`` -> (1, 4)."""
-        try:
-            parts = [int(p) for p in str(self.replicas).split("-")]
-        except ValueError:
-            raise ValueError(f"--replicas must be N or MIN-MAX, got {self.replicas!r}") from None
-        lo, hi = (parts[0], parts[0]) if len(parts) == 1 else tuple(parts)
-        if len(parts) > 2 or lo < 1 or hi < lo:
-            raise ValueError(f"--replicas must be N or MIN-MAX with 1 <= MIN <= MAX, got {self.replicas!r}")
-        return lo, hi
+        return parse_range(self.replicas, "--replicas")
 
     @property
     def threads(self) -> int:
