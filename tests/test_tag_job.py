@@ -161,7 +161,8 @@ def test_killed_run_resumes_to_the_same_output(ray_cluster, tiny_tagger, tmp_pat
     texts = make_texts(750, seed=6)
     for part in range(5):
         _write_jsonl(src / f"part-{part}.jsonl", [json.dumps({"n": part * 150 + i, "text": t}) for i, t in enumerate(texts[part * 150 : (part + 1) * 150])])
-    args = ["--model", tiny_tagger, "--input", str(src), *SMALL, "--rows-per-block", "10", "--rows-per-file", "30", "--commit-every-s", "0.2"]
+    # one read task per file (small files would share one), so files finish one after another
+    args = ["--model", tiny_tagger, "--input", str(src), *SMALL, "--rows-per-block", "10", "--rows-per-file", "30", "--commit-every-s", "0.2", "--read-tasks", "5"]
 
     whole = tmp_path / "whole"
     assert tag_job.main([*args, "--output", str(whole)]) == 0
@@ -175,7 +176,7 @@ def test_killed_run_resumes_to_the_same_output(ray_cluster, tiny_tagger, tmp_pat
         time.sleep(0.02)
     proc.kill()
     assert proc.wait(timeout=30) == -9, proc.stderr.read()[-2000:]  # killed part-way, not finished
-    done_at_kill = len(list((resumed / "_done").glob("*.json")))
+    done_at_kill = _committed_files(resumed)  # a commit pass's marker lists every file it committed
     assert 1 <= done_at_kill < 5 and not (resumed / "_manifest.json").exists()
     # the scan of the fields' Parquet types ran beside the tagging, and was not recorded yet
     assert "jsonl_types" not in json.loads((resumed / "_job.json").read_text())
