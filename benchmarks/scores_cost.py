@@ -44,7 +44,7 @@ def main() -> int:
         for name, root in (("after", ROOT), ("before", os.path.abspath(args.before))):
             out = os.path.join(args.out, f"scores-cost-{name}")
             env = {**child_env(), "PYTHONPATH": root}
-            cmd = jobs_tag_command(args.model, corpus, out, args.max_length, args.threads, flags)
+            cmd = jobs_tag_command(os.path.abspath(args.model), corpus, out, args.max_length, args.threads, flags)  # the other checkout runs in its own folder
             run_measured(cmd, env, cwd=root)
             run = json.load(open(os.path.join(out, "_manifest.json")))["this_run"]
             runs[name].append(run["words"] / run["seconds"])
