@@ -234,7 +234,7 @@ def test_tagging_on_a_worker_node_to_s3_resumes_after_a_kill(ray_cluster, ray_he
         time.sleep(0.2)
     proc.kill()
     assert proc.wait(timeout=60) == -9
-    done_at_kill = sum(len(_s3_json(p)["files"]) for p in _s3_files(f"{resumed}/_done") if p.endswith(".json"))  # a marker per commit pass
+    done_at_kill = sum(len(_s3_json(f"s3://{p}")["files"]) for p in _s3_files(f"{resumed}/_done") if p.endswith(".json"))  # a marker per commit pass
     assert done_at_kill < 4 and not [p for p in _s3_files(resumed) if p.endswith("_manifest.json")]
 
     assert tag_job.main([*args, "--output", resumed]) == 0
