@@ -92,7 +92,7 @@ def line_chart(
 
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}" font-family="system-ui,sans-serif" font-size="11">',
-        f'<text x="{left}" y="18" font-size="13" font-weight="600" fill="#1d2733">{html.escape(title)}</text>',
+        f'<text class="title" x="{left}" y="18" font-size="13" font-weight="600" fill="#1d2733">{html.escape(title)}</text>',
     ]
     digits = 2 if ticks[-1] - ticks[0] >= 1 else 3 if ticks[1] - ticks[0] < 0.05 else 2
     for t in ticks:
@@ -118,8 +118,8 @@ def line_chart(
                 f"<title>{html.escape(name)}, epoch {xv}: {v:.4f}</title></circle>"
             )
         if len(series) > 1:
-            out.append(f'<rect x="{legend_x}" y="{top - 4}" width="10" height="3" fill="{colour}"/>')
-            out.append(f'<text x="{legend_x + 14}" y="{top}" fill="#1d2733">{html.escape(name)}</text>')
+            out.append(f'<rect class="legend" x="{legend_x}" y="{top - 4}" width="10" height="3" fill="{colour}"/>')
+            out.append(f'<text class="legend" x="{legend_x + 14}" y="{top}" fill="#1d2733">{html.escape(name)}</text>')
             legend_x += 22 + 7 * len(name)
     out.append("</svg>")
     return "".join(out)
@@ -133,7 +133,7 @@ def reliability_chart(calibration: dict, *, width: int = 330, height: int = 300)
     title = f"Entity scores: reliability (ECE {calibration['ece']:.3f})"
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}" font-family="system-ui,sans-serif" font-size="11">',
-        f'<text x="{left}" y="18" font-size="13" font-weight="600" fill="#1d2733">{html.escape(title)}</text>',
+        f'<text class="title" x="{left}" y="18" font-size="13" font-weight="600" fill="#1d2733">{html.escape(title)}</text>',
     ]
     for t in (0.0, 0.25, 0.5, 0.75, 1.0):
         y = top + plot_h - t * plot_h
