@@ -9,6 +9,7 @@ the reader, preprocessing and the actors receive: no stage works a value out aga
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from ner_core.precision import check_mixed_precision
 from ner_core.predictor import resolve_settings
 from ner_core.runtime import RUNTIMES, check_runtime
 from pipelines.cluster import parse_range, parse_resources
+from pipelines.storage import is_s3
 
 if TYPE_CHECKING:
     from pipelines.tag_model import ModelInfo
@@ -193,8 +195,10 @@ class TagPlan:
             max_positions=model.max_positions,
             overrides={"max_length": cfg.max_length, "stride": cfg.stride, "batch_size": cfg.window_batch_size, "batch_tokens": cfg.batch_tokens},
         )
+        # a local folder by its absolute path: actors run in the Ray worker's folder, not the driver's
+        local = not is_s3(cfg.model) and os.path.exists(cfg.model)
         return cls(
-            model=cfg.model,
+            model=os.path.abspath(cfg.model) if local else cfg.model,
             model_identity=model.identity,
             format=fmt,
             column=cfg.column,

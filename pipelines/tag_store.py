@@ -91,7 +91,8 @@ class OutputStore:
     """
 
     def __init__(self, root: str):
-        self.root = root.rstrip("/")
+        # absolute: tasks that get this store (or its read reports) run in the Ray worker's folder
+        self.root = root.rstrip("/") if is_s3(root) else os.path.abspath(root)
         self.fs: fsspec.AbstractFileSystem = fsspec_filesystem(root)
         self.base = strip_scheme(self.root) if is_s3(root) else os.path.abspath(self.root)
         self.s3 = is_s3(root)

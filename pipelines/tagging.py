@@ -81,7 +81,7 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
     if progress:
         tagging_plan(cfg, plan, len(paths), len(paths) - len(pending), total_rows)
 
-    sink = TaggedOutputSink(cfg.output, cfg.output_format, keys, cfg.id_column, cfg.rows_per_file, input_format=plan.format, jsonl_types=settings.get("jsonl_types"))
+    sink = TaggedOutputSink(store.root, cfg.output_format, keys, cfg.id_column, cfg.rows_per_file, input_format=plan.format, jsonl_types=settings.get("jsonl_types"))
     first_rows_at = _run_pipeline(cfg, plan, store, pending, sink, total_rows, progress) if pending else None
     record_jsonl_types(store, settings)
     startup = round(first_rows_at - started, 2) if first_rows_at else None

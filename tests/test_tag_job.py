@@ -136,6 +136,21 @@ def test_pre_split_parquet_to_jsonl_gives_token_offsets(ray_cluster, tiny_tagger
     assert sorted((e["row"], e["reason"]) for e in errors) == [(51, "'tokens' is null"), (52, "'tokens'[1] is NoneType, expected a string")]
 
 
+def test_relative_paths_mean_the_folder_the_command_ran_in(ray_cluster, tiny_tagger, reference, tmp_path, monkeypatch):
+    """``ray-ner tag --model runs/x --input docs.jsonl --output tagged`` from a user's own folder,
+    while the Ray cluster's workers run in another one."""
+    shutil.copytree(tiny_tagger, tmp_path / "runs" / "x")
+    texts = make_texts(12, seed=4)
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    monkeypatch.chdir(tmp_path)
+
+    assert tag_job.main(["--model", "runs/x", "--input", "docs.jsonl", "--output", "tagged", "--output-format", "jsonl", *SMALL]) == 0
+
+    rows = _read_output(tmp_path / "tagged", "jsonl")
+    assert sorted(r["text"] for r in rows) == sorted(texts)
+    _check_rows(rows, reference)
+
+
 def test_s3_in_s3_out(ray_cluster, tiny_tagger, reference, s3_bucket, tmp_path):
     import s3fs
 
