@@ -206,14 +206,15 @@ def test_a_new_head_for_another_label_set_keeps_everything_else(tiny_dirs, token
     assert tagger_labels(load_tagger(tmp_path)) == wnut
 
 
-def test_a_saved_tagger_loads_back_exactly_as_the_readme_shows(tiny_dirs, tmp_path):
+def test_a_saved_tagger_loads_back_exactly_as_the_docs_show(tiny_dirs, tmp_path):
     import re
     import subprocess
     import sys
     from pathlib import Path
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if 'from_pretrained("tagger")' in b]
+    root = Path(__file__).parent.parent
+    docs = "".join(p.read_text() for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))])
+    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", docs, re.S) if 'from_pretrained("tagger")' in b]
     EncoderDecoderTagger.from_encoder_decoder_pretrained(tiny_dirs["distilbert"], tiny_dirs["bert_tagger"]).save_pretrained(tmp_path / "tagger")
     check = snippet + "\nprint(type(tagger).__name__, tagger.config.id2label[1])\n"
     out = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=120)
