@@ -83,6 +83,41 @@ def percentile(values: list[float], q: float) -> float | None:
 # --- the client (a process of its own) ------------------------------------------------------
 
 
+# Which process a CPU second went to, by its command line: on 2 cores the proxy, the replica,
+# the model's threads and the load generator share them, and this shows who took what.
+PROCESS_KINDS = (("ServeReplica", "replica"), ("ProxyActor", "proxy"), ("--client", "client"), ("--baseline-server", "baseline server"),
+                 ("ServeController", "controller"), ("raylet", "ray daemons"), ("gcs_server", "ray daemons"))  # fmt: skip
+
+
+def cpu_seconds() -> dict[int, tuple[str, float]]:
+    import psutil
+
+    seen = {}
+    for proc in psutil.process_iter(["cmdline", "cpu_times"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        kind = next((k for key, k in PROCESS_KINDS if key in cmd), "other")
+        times = proc.info["cpu_times"]
+        if times is not None:
+            seen[proc.pid] = (kind, times.user + times.system)
+    return seen
+
+
+def cpu_split(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds by process kind between two ``cpu_seconds`` snapshots (a process that started in between counts whole)."""
+    split: dict[str, float] = {}
+    for pid, (kind, total) in after.items():
+        used = total - before[pid][1] if pid in before and before[pid][0] == kind else total
+        split[kind] = split.get(kind, 0.0) + max(used, 0.0)
+    return {k: round(v, 2) for k, v in sorted(split.items(), key=lambda kv: -kv[1]) if v >= 0.05}
+
+
+def _client_cpu_included(port: int, docs: int, concurrency: int, args) -> dict:
+    before = cpu_seconds()
+    res = load(port, docs, concurrency, args)
+    res["cpu_s"] = cpu_split(before, cpu_seconds()) if args.cpu_split else None
+    return res
+
+
 def run_client(args) -> None:
     sentences = conll_sentences(args.data)
     bodies = []
@@ -127,8 +162,10 @@ def run_client(args) -> None:
     for t in threads:
         t.join()
     seconds = time.monotonic() - started
+    own = os.times()
     print(json.dumps({
         **results, "seconds": round(seconds, 2), "requests_per_s": results["requests"] / seconds, "words_per_s": results["words"] / seconds,
+        "client_cpu_s": round(own.user + own.system, 2),
         **{f"p{q}_ms": percentile(latencies, q) for q in (50, 95, 99)},
     }))  # fmt: skip
 
@@ -256,7 +293,7 @@ def serve_runs(args) -> tuple[list[dict], dict]:
         info = get_json(port, "/v1/model")
         for docs, conc in CONDITIONS:
             before = get_json(port, "/v1/stats")["batch_sizes"]
-            res = load(port, docs, conc, args)
+            res = _client_cpu_included(port, docs, conc, args)
             after = get_json(port, "/v1/stats")["batch_sizes"]
             formed = {int(k): v - before.get(k, 0) for k, v in after.items() if v > before.get(k, 0)}
             calls = sum(formed.values())
@@ -279,7 +316,7 @@ def baseline_runs(args) -> list[dict]:
         wait_until_up(port, "/")
         warm_up(port, args)
         for docs, conc in CONDITIONS:
-            rows.append({"server": "baseline", "docs": docs, "concurrency": conc, **load(port, docs, conc, args)})
+            rows.append({"server": "baseline", "docs": docs, "concurrency": conc, **_client_cpu_included(port, docs, conc, args)})
             print(json.dumps(rows[-1]), flush=True)
     finally:
         server.terminate()
@@ -316,6 +353,8 @@ def main() -> None:
     ap.add_argument("--batch-wait-ms", type=float, default=5.0)
     ap.add_argument("--seconds", type=float, default=10.0, help="per condition, at most")
     ap.add_argument("--max-requests", type=int, default=3000, help="per condition, at most")
+    ap.add_argument("--conditions", default="1x1,1x8,1x32,32x1,32x8,32x32", help="SENTENCESxCONCURRENCY per request, comma-separated")
+    ap.add_argument("--cpu-split", action="store_true", help="also record each condition's CPU seconds by process (proxy, replica, client, ...)")
     # the processes this script starts itself
     ap.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
@@ -324,6 +363,8 @@ def main() -> None:
     ap.add_argument("--docs", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--concurrency", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global CONDITIONS
+    CONDITIONS = [tuple(int(n) for n in c.split("x")) for c in args.conditions.split(",")]
     if args.client:
         return run_client(args)
     if args.baseline_server:
@@ -347,6 +388,7 @@ def main() -> None:
             "serve_over_bare_loop_at_32": by[("serve", docs, 32)]["words_per_s"] / loop["words_per_s"],
         }
         for docs in (1, 32)
+        if ("serve", docs, 32) in by and ("baseline", docs, 32) in by
     }
     result = {"rows": rows, "bare_loop": loop, "ratios": ratios, "model": info, "threads": args.threads, "seconds_total": round(time.time() - started),
               "load_average_1_5_15": {"before": load_before, "after": os.getloadavg()}}  # fmt: skip
