@@ -48,12 +48,30 @@ _WEIGHT_FILES = ("model.safetensors", "config.json")
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "ray-ner", "onnx")
 
 
+ONNX_PACKAGES = ("onnxruntime", "onnx", "onnxscript")  # the ray-ner[onnx] extra
+
+
+class MissingExtraError(ValueError):
+    """An optional engine's packages are not installed; the message names the extra."""
+
+
+def require_onnx(runtime: str) -> None:
+    """The ONNX packages importable, or one line saying which extra installs them."""
+    import importlib.util
+
+    missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingExtraError(f"--runtime {runtime} needs {', '.join(missing)}: pip install 'ray-ner[onnx]'")
+
+
 def check_runtime(runtime: str, mixed_precision: str = "auto") -> None:
-    """A known engine, and no autocast asked of one that has its own arithmetic."""
+    """A known engine, installed, and no autocast asked of one that has its own arithmetic."""
     if runtime not in RUNTIMES:
         raise ValueError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if runtime != "torch" and mixed_precision in ("bf16", "fp16"):
         raise ValueError(f"--mixed-precision {mixed_precision} is for --runtime torch; --runtime {runtime} sets its own precision")
+    if runtime != "torch":
+        require_onnx(runtime)
 
 
 def load_runtime(model_dir: str | os.PathLike, runtime: str = "torch", *, threads: int | None = None, cache_dir: str | None = None):

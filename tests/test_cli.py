@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import pytest
@@ -93,3 +94,16 @@ def test_every_command_shows_a_short_help(capsys, job):
     lines = capsys.readouterr().out.splitlines()
     shown = [line for line in lines if line.lstrip().startswith("--") and not line.lstrip().startswith(("--help", "--verbose", "--config"))]
     assert 3 <= len(shown) <= 13 and len(lines) <= 42
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "onnx-int8"])
+def test_onnx_runtime_without_the_extra_is_one_line_naming_it(monkeypatch, capsys, runtime):
+    import jobs.tag
+    from jobs.cli import run_main
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if ray-ner[onnx] were not installed
+    with pytest.raises(SystemExit) as exit_:
+        run_main(jobs.tag.main, ["--model", "m", "--input", "in", "--output", "out", "--runtime", runtime])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "onnxruntime" in err and "pip install 'ray-ner[onnx]'" in err
