@@ -22,7 +22,7 @@ import numpy as np
 
 from ner_core.casing import case_marker_ids, word_case
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # a position with no label (not a word's first subword, special, context): the loss skips it
 
 
 @dataclass

@@ -80,8 +80,9 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     # document context exactly as in training (the settings come from the model's metrics.json)
     documents = cfg.documents or trained.get("documents") or "markers"
     rows = read_labelled(
-        cfg.data, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column, settings.context_length, documents
-    ).take_all()
+        cfg.data, scheme=cfg.scheme, repair_invalid=cfg.repair_invalid, token_column=cfg.token_column, tag_column=cfg.tag_column,
+        context_words=settings.context_length, documents=documents,
+    ).take_all()  # fmt: skip
     rows.sort(key=lambda r: (r["source"], r["line"]))
     if settings.context_length and not any(r["context_left"] or r["context_right"] for r in rows):
         echo(f"warning: the model reads {settings.context_length} subwords of document context, but {cfg.data} has no -DOCSTART- document markers: scored without context (--documents datelines infers them in Reuters news)")

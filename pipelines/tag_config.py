@@ -138,7 +138,7 @@ def infer_format(paths: list[str]) -> str:
     return formats.pop()
 
 
-def precision(cfg: TagConfig) -> str:
+def arithmetic(cfg: TagConfig) -> str:
     """The arithmetic the actors use, as recorded with the output: ``auto`` on CPU is fp32."""
     if cfg.mixed_precision == "none" or (cfg.mixed_precision == "auto" and not cfg.gpus_per_actor):
         return "fp32"

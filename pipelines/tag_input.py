@@ -60,6 +60,16 @@ OUTPUT_COLUMNS = ("tokens", "labels", "scores", "entities", "all_scores")
 BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark: not part of the first row
 
 
+def check_output_clash(columns, column: str | None, pre_split: bool) -> None:
+    """``BadRow`` where an input column would be overwritten by an output column of the same name.
+
+    A pre-split ``tokens`` column is the one read, and is written back as it was.
+    """
+    clash = next((c for c in OUTPUT_COLUMNS if c in columns and c != (column if pre_split else None)), None)
+    if clash is not None:
+        raise BadRow(f"input column {clash!r} clashes with an output column of the same name")
+
+
 def _column(values: list[Any]) -> pa.Array:
     """Arrow array for one JSON field; a field whose rows disagree on type is kept as JSON text."""
     try:
@@ -113,10 +123,8 @@ def read_jsonl(fh, key: str, rows_per_block: int, column: str | None = None, pre
                 block.append(_error(key, row, f"malformed JSON: {exc.msg} at column {exc.colno}", text))
             else:
                 if isinstance(obj, dict):
-                    clash = next((c for c in OUTPUT_COLUMNS if c in obj and c != (column if pre_split else None)), None)
                     try:
-                        if clash is not None:
-                            raise BadRow(f"input column {clash!r} clashes with an output column of the same name")
+                        check_output_clash(obj, column, pre_split)
                         if column is not None:
                             check_row(obj, column, pre_split)
                     except BadRow as exc:
@@ -349,9 +357,8 @@ def _unify(a: pa.DataType | None, b: pa.DataType) -> pa.DataType:
 
 def _taggable(obj: dict, column: str | None, pre_split: bool) -> bool:
     """Would ``read_jsonl`` pass this object on (not turn it into an error row)?"""
-    if any(c in obj and c != (column if pre_split else None) for c in OUTPUT_COLUMNS):
-        return False
     try:
+        check_output_clash(obj, column, pre_split)
         if column is not None:
             check_row(obj, column, pre_split)
     except BadRow:

@@ -28,7 +28,7 @@ from dataclasses import asdict
 
 from pipelines.cluster import parse_resources, require_reachable
 from pipelines.storage import input_files
-from pipelines.tag_config import EXTENSIONS, OUTPUT_SETTINGS, TagConfig, TagPlan, TagRunError, infer_format, precision
+from pipelines.tag_config import EXTENSIONS, OUTPUT_SETTINGS, TagConfig, TagPlan, TagRunError, arithmetic, infer_format
 from pipelines.tag_input import TaggingInput, scan_jsonl_columns
 from pipelines.tag_model import check_model
 from pipelines.tag_sink import TaggedOutputSink
@@ -94,7 +94,7 @@ def _output_settings(cfg: TagConfig, plan: TagPlan, store: OutputStore, files: d
     settings = {k: v for k, v in asdict(cfg).items() if k != "overwrite"}
     settings.update(
         format=plan.format, max_length=plan.max_length, stride=plan.stride, temperature=plan.inference.temperature,
-        model_identity=plan.model_identity, precision=precision(cfg),
+        model_identity=plan.model_identity, precision=arithmetic(cfg),
     )  # fmt: skip
     previous = store.read_json(store.path("_job.json"))
     changed = [k for k in OUTPUT_SETTINGS if previous is not None and previous.get(k) != settings.get(k)]
@@ -227,7 +227,7 @@ def _onednn_env(cfg: TagConfig) -> dict[str, str]:
     """
     if "ONEDNN_PRIMITIVE_CACHE_CAPACITY" in os.environ:
         return {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"]}
-    capacity = None if cfg.gpus_per_actor else {"fp32": "16", "bf16": "256"}.get(precision(cfg))
+    capacity = None if cfg.gpus_per_actor else {"fp32": "16", "bf16": "256"}.get(arithmetic(cfg))
     return {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": capacity} if capacity else {}
 
 

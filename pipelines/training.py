@@ -635,7 +635,10 @@ def _require_context(data: dict, context_length: int, documents: str) -> None:
 
 def _read(cfg: TrainConfig, path: str):
     """Labelled rows of ``path``, materialized in file order (so windows and dev shares come out the same in every run)."""
-    ds = read_labelled(path, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column, cfg.context_length, cfg.documents)
+    ds = read_labelled(
+        path, scheme=cfg.scheme, repair_invalid=cfg.repair_invalid, token_column=cfg.token_column, tag_column=cfg.tag_column,
+        context_words=cfg.context_length, documents=cfg.documents,
+    )  # fmt: skip
     ds.context.execution_options.preserve_order = True  # this dataset's own context, shared by those made from it
     return ds.materialize()
 

@@ -7,16 +7,18 @@ server (``s3_faults``), or, for the reader alone, a filesystem whose reads break
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+import pytest
 
 from jobs import tag as tag_job
 from pipelines import tag_input
-from pipelines.tag_input import ROW, SRC, FileReader, pack_files, read_files
+from pipelines.tag_input import ERROR, ROW, SRC, FileReader, pack_files, read_files, read_jsonl
 from pipelines.tag_store import source_key
 
 SMALL = ["--actors", "1", "--cpus-per-actor", "0.5", "--batch-size", "16", "--max-length", "24", "--stride", "6"]
@@ -279,3 +281,19 @@ def test_a_parquet_file_cut_short_is_read_once_while_a_dropped_read_is_retried(t
         reports = _Reports()
         assert _read_rows([source], reader, reports) == [] and not reports.reads
         assert fs.reads == reads and reports.failures[source[1]][1].startswith(reason), reports.failures
+
+
+def test_an_input_field_named_like_an_output_column_is_an_error_row():
+    # "labels" in the input would be overwritten by the tagger's labels; a pre-split "tokens"
+    # column is the one read, and is written back unchanged
+    lines = [
+        {"text": "Alice met Bob.", "labels": ["x"]},
+        {"text": "Bob met Alice."},
+        {"tokens": ["Bob", "left"]},
+    ]
+    fh = io.BytesIO("".join(json.dumps(r) + "\n" for r in lines).encode())
+    rows = [r for block, _ in read_jsonl(fh, "a.jsonl", 10, column="text") for r in block]
+    assert "'labels' clashes with an output column" in rows[0][ERROR] and rows[1][ERROR] is None
+    fh.seek(0)
+    rows = [r for block, _ in read_jsonl(fh, "a.jsonl", 10, column="tokens", pre_split=True) for r in block]
+    assert "'labels' clashes" in rows[0][ERROR] and rows[2][ERROR] is None
