@@ -14,6 +14,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from ner_core.sample_data import make_sentences, make_texts, write_conll
 from pipelines.console import Stage, format_duration
 
@@ -76,6 +78,7 @@ def test_progress_line_in_a_log_is_periodic_and_ends_with_the_final_state():
     assert [format_duration(s) for s in (5, 75, 3725)] == ["0:05", "1:15", "1:02:05"]
 
 
+@pytest.mark.slow
 def test_tag_job_prints_plan_progress_and_the_manifest_numbers(ray_cluster, tiny_tagger, tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -106,6 +109,7 @@ def test_tag_job_prints_plan_progress_and_the_manifest_numbers(ray_cluster, tiny
     assert re.search(rf"^  manifest +{re.escape(str(out))}/_manifest.json", summary, re.M)
 
 
+@pytest.mark.slow
 def test_evaluate_command_writes_a_report_of_its_own_numbers(ray_cluster, tiny_tagger, tmp_path):
     write_conll(tmp_path / "dev.txt", make_sentences(12, seed=4))
     proc = _run(
@@ -136,6 +140,7 @@ def test_unknown_job_lists_the_jobs():
     assert all(name in proc.stderr for name in ("train", "tag", "evaluate", "demo"))
 
 
+@pytest.mark.slow
 def test_a_job_has_the_same_flags_as_its_module():
     job = "tag"  # every job goes through the same dispatch; one is enough (each run imports Ray and torch)
     command = subprocess.run([_ray_ner(), job, "--help"], capture_output=True, text=True, timeout=60)

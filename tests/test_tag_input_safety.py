@@ -52,6 +52,7 @@ def _input_part(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in ("tokens", "labels", "scores", "entities")}
 
 
+@pytest.mark.slow
 def test_fields_whose_type_varies_come_back_as_read(ray_cluster, tiny_tagger, tmp_path):
     rows = _write_corpus(tmp_path / "in")
     args = ["--model", tiny_tagger, "--input", str(tmp_path / "in"), "--rows-per-block", "2", *SMALL]
@@ -167,6 +168,7 @@ def test_small_files_share_read_tasks_and_blocks_but_are_reported_one_by_one(tmp
     assert reports.reads == {key: (path, i % 4) for i, (path, key, _) in enumerate(files)}  # empty files too
 
 
+@pytest.mark.slow
 def test_a_file_s3_keeps_dropping_is_reported_then_tagged_by_the_next_run(ray_cluster, tiny_tagger, s3_bucket, s3_faults, capsys):
     from pipelines.storage import fsspec_filesystem
 
@@ -210,6 +212,7 @@ def test_the_type_scan_gives_the_same_types_however_the_files_are_grouped(tmp_pa
     assert whole["id"] is None and whole["flag"] is not None  # str and int ids: JSON text
 
 
+@pytest.mark.slow
 def test_a_file_saved_with_a_byte_order_mark_reads_like_any_other(ray_cluster, tiny_tagger, tmp_path):
     # Windows editors and spreadsheet exports start a UTF-8 file with a byte-order mark
     import gzip
@@ -232,6 +235,7 @@ def test_a_file_saved_with_a_byte_order_mark_reads_like_any_other(ray_cluster, t
     assert sorted((r["id"], r["text"]) for r in got) == sorted((r["id"], r["text"]) for r in rows * 2)
 
 
+@pytest.mark.slow
 def test_a_gzip_file_cut_short_is_reported_at_once_as_damaged(ray_cluster, tiny_tagger, tmp_path):
     import gzip
 
