@@ -25,6 +25,10 @@ import time
 from collections.abc import Sequence
 
 LOG_EVERY_S = 10.0
+# A rate (and the ETA from it) over less time than this says more about when the stage
+# first heard of its work than about its speed: a stage told of 5 batches at once would
+# show thousands a second.
+MIN_RATE_S = 2.0
 
 # Console messages that carry no action for the user of a job: Ray's notice that a
 # local cluster uses its (secure) default, and Ray Data's notes about the progress
@@ -111,6 +115,15 @@ def format_duration(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def format_rate(done: float, elapsed: float, unit: str) -> str | None:
+    """``12.5 rows/s``; None until ``MIN_RATE_S`` have passed with something done."""
+    if not done or elapsed < MIN_RATE_S:
+        return None
+    rate = done / elapsed
+    digits = 0 if rate >= 10 else 1 if rate >= 1 else 2
+    return f"{rate:,.{digits}f} {unit}/s"
+
+
 def print_plan(title: str, items: Sequence[tuple[str, str]]) -> None:
     """``title`` then one aligned ``name  value`` line per item."""
     width = max((len(k) for k, _ in items), default=0)
@@ -153,17 +166,16 @@ class Stage:
         if self.unit:
             total = f"/{self.total:,.0f}" if self.total else ""
             parts.append(f"{self.done:,.0f}{total} {self.unit}")
-            rate = self.rate()
-            if self.done and elapsed > 0:
-                digits = 0 if rate >= 10 else 1 if rate >= 1 else 2
-                parts.append(f"{rate:,.{digits}f} {self.unit}/s")
+            rate = format_rate(self.done, elapsed, self.unit)
+            if rate:
+                parts.append(rate)
         if self.note:
             parts.append(self.note)
         if final:
             parts.append(f"{ended} {'in' if ended == 'done' else 'after'} {format_duration(elapsed)}")
         else:
             eta = self._eta
-            if eta is None and self.unit and self.total and self.done and self.rate():
+            if eta is None and self.unit and self.total and self.done and self.rate() and elapsed >= MIN_RATE_S:
                 eta = (self.total - self.done) / self.rate()
             parts.append(f"ETA {format_duration(eta)}" if eta is not None else f"{format_duration(elapsed)} elapsed")
         return f"{self.name}: " + "  ".join(parts)

@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from ner_core.sample_data import make_sentences, make_texts, write_conll
-from pipelines.console import Stage, format_duration
+from pipelines.console import Stage, format_duration, format_rate
 
 # What the console must never show by default: Ray Data's executor state, Ray's INFO
 # logs, output forwarded from Ray workers and actors, and progress bars (tqdm's).
@@ -61,6 +61,7 @@ def _assert_clean(proc: subprocess.CompletedProcess) -> None:
 def test_progress_line_in_a_log_is_periodic_and_ends_with_the_final_state():
     out = io.StringIO()  # not a terminal: whole lines, never carriage returns
     stage = Stage("tagging", total=100, unit="rows", stream=out, log_every_s=0)
+    stage.started -= 10  # a stage 10 s in: long enough for a rate and an ETA
     stage.update(40)
     stage.update(40)  # nothing moved: no second identical line
     stage.update(add=60)
@@ -76,6 +77,19 @@ def test_progress_line_in_a_log_is_periodic_and_ends_with_the_final_state():
     waiting.discard()  # a placeholder the next line replaces: never printed
     assert len(out.getvalue().splitlines()) == 3
     assert [format_duration(s) for s in (5, 75, 3725)] == ["0:05", "1:15", "1:02:05"]
+
+
+def test_a_rate_is_shown_only_once_it_means_something():
+    # a stage that hears of 5 batches at once, a millisecond in, is not doing 5,000 a second
+    assert format_rate(5, 0.001, "batches") is None
+    assert format_rate(0, 30, "batches") is None
+    assert format_rate(5, 2.0, "batches") == "2.5 batches/s"
+    assert format_rate(20_000, 2.0, "rows") == "10,000 rows/s"
+    out = io.StringIO()
+    stage = Stage("epoch 1/3", total=5, unit="batches", stream=out, log_every_s=0)
+    stage.update(5)
+    stage.finish()
+    assert "/s" not in out.getvalue() and "ETA" not in out.getvalue()
 
 
 @pytest.mark.slow
