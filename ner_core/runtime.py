@@ -5,7 +5,7 @@ forward pass. ONNX Runtime runs the same graph faster in fp32 (fused kernels, no
 Python per op) and much faster with int8 weights (dynamic quantisation, per output
 channel), at a small, measurable cost in accuracy. Which engine to use is one setting,
 ``--runtime``, shared by ``jobs.evaluate`` and ``jobs.tag`` so a model is scored on the
-engine it is served with (see docs/BENCHMARKS.md for the figures that chose these).
+engine it is served with (docs/performance.md has the figures).
 
 - ``torch`` (default): the model as trained, any device, any ``--mixed-precision``.
 - ``onnx``: ONNX Runtime, fp32, CPU. The same predictions as torch (up to float rounding).

@@ -83,7 +83,7 @@ def quiet_ray_logs() -> None:
     # The model loaders' own progress bars ("Loading weights") on the driver; their warnings stay.
     # huggingface_hub reads the variable when first imported, and transformers asks it then;
     # only a library already imported is switched off directly. (Importing transformers here
-    # just for that cost the tagging driver 0.7 s of CPU before Ray even started.)
+    # just for that would slow every driver's start.)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if "huggingface_hub" in sys.modules:
         from huggingface_hub.utils import disable_progress_bars
