@@ -11,7 +11,9 @@ Ray's own INFO logs, Ray Data's executor state dumps and every worker's output
 (which Ray forwards to the driver's console by default) go to Ray's log files in
 the session directory instead (``/tmp/ray/session_latest/logs``), unless the
 job runs with ``--verbose``. Warnings still reach the console, except the few
-below that tell a user nothing they can act on. Progress from Ray Train workers
+below that tell a user nothing they can act on; Ray Data's error records about a
+failed task (a traceback, retry advice) stay in its log file, as the job reports
+the same failure in one line. Progress from Ray Train workers
 reaches the console through ``pipelines.progress`` instead of forwarded prints.
 """
 
@@ -48,6 +50,14 @@ class _DropNoise(logging.Filter):
         return not any(n in message for n in _NOISE)
 
 
+class _DropRaisedErrors(logging.Filter):
+    """Ray Data's ERROR records about a failed task: the same failure is raised to the job,
+    which reports it as one line; the record (traceback, retry advice) stays in Ray's log file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
 _state = {"verbose": False}
 
 
@@ -77,6 +87,8 @@ def quiet_ray_logs() -> None:
             # the file handlers keep everything; only what reaches the console is raised to WARNING
             if handler.get_name() == "console" or isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                 handler.setLevel(max(handler.level, logging.WARNING))
+                if name == "ray.data" and not any(isinstance(f, _DropRaisedErrors) for f in handler.filters):
+                    handler.addFilter(_DropRaisedErrors())
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

@@ -124,6 +124,24 @@ def test_tag_job_prints_plan_progress_and_the_manifest_numbers(ray_cluster, tiny
 
 
 @pytest.mark.slow
+def test_a_mistake_in_the_training_data_is_one_line_without_ray_advice(ray_cluster, tiny_dirs, tmp_path):
+    (tmp_path / "train.txt").write_text("EU B-ORG\nrejects O\ncall I-PER\n")
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    argv = [
+        "train", "--train", str(tmp_path / "train.txt"), "--output", str(tmp_path / "out"),
+        "--encoder", tiny_dirs["distilbert"], "--decoder", tiny_dirs["bert"], "--num-workers", "1",
+    ]  # fmt: skip
+    proc = subprocess.run([_ray_ner(), *argv], env=env, capture_output=True, text=True, timeout=300)
+    both = proc.stdout + proc.stderr
+    assert proc.returncode == 2, both[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "train.txt:3: invalid IOB2 sequence: I-PER" in lines[0], both[-3000:]
+    for advice in ("Failed to apply UDF transform", "To change retry attempts", "DataContext", "Traceback"):
+        assert advice not in both, both[-3000:]
+    _assert_clean(proc)
+
+
+@pytest.mark.slow
 def test_evaluate_command_writes_a_report_of_its_own_numbers(ray_cluster, tiny_tagger, tmp_path):
     write_conll(tmp_path / "dev.txt", make_sentences(12, seed=4))
     proc = _run(
