@@ -172,7 +172,6 @@ def test_unknown_job_lists_the_jobs():
     assert all(name in proc.stderr for name in ("train", "tag", "evaluate", "demo"))
 
 
-@pytest.mark.slow
 def test_a_job_has_the_same_flags_as_its_module():
     job = "tag"  # every job goes through the same dispatch; one is enough (each run imports Ray and torch)
     command = subprocess.run([_ray_ner(), job, "--help"], capture_output=True, text=True, timeout=60)

@@ -14,8 +14,6 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow  # each test imports the package in a fresh interpreter
-
 LIGHT = [
     "pipelines.tag_input",  # the datasource (read tasks)
     "pipelines.tag_sink",  # the datasink (write tasks)

@@ -163,7 +163,6 @@ def test_both_architectures_share_one_interface(tiny_dirs, tokenizer, tmp_path):
         assert tagger_arch(load_tagger(tmp_path / arch)) == arch
 
 
-@pytest.mark.slow
 def test_packaged_minilm_as_encoder_and_decoder(minilm_path, tokenizer, tmp_path):
     """The real pretrained MiniLM on both sides, with a fresh CoNLL head."""
     labels = LabelMap(tuple(CONLL_LABELS))
@@ -207,7 +206,6 @@ def test_a_new_head_for_another_label_set_keeps_everything_else(tiny_dirs, token
     assert tagger_labels(load_tagger(tmp_path)) == wnut
 
 
-@pytest.mark.slow
 def test_a_saved_tagger_loads_back_exactly_as_the_readme_shows(tiny_dirs, tmp_path):
     import re
     import subprocess
