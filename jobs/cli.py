@@ -4,7 +4,9 @@ Each job's settings are one dataclass (the single place its defaults live).
 A YAML file (``--config``) overrides the defaults and flags override the YAML.
 Flags are derived from the dataclass fields (``batch_size`` -> ``--batch-size``)
 so a new setting needs no parser code; a field's ``metadata["help"]`` is its
-help text and ``metadata["flag"]`` may rename its flag.
+help text, ``metadata["flag"]`` may rename its flag, and ``metadata["group"]`` and
+``metadata["essential"]`` (``pipelines.options.option``) place it under a heading and
+in ``--help`` (essential) or only in ``--help-all``. Every flag is accepted either way.
 """
 
 from __future__ import annotations
@@ -47,26 +49,53 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def build_parser(cls: type, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", help="YAML file of settings; flags override it")
-    parser.add_argument("--verbose", action="store_true", help="also print Ray's own logs and the Ray workers' output (default: in Ray's log files)")
+def _metavar(base: Any, flag: str) -> str:
+    """``N`` for numbers, else the flag's last word: ``--text-column COLUMN``."""
+    return "N" if base in (int, float) else flag.rsplit("-", 1)[-1].upper()
+
+
+def _help_all(argv: list[str] | None) -> bool:
+    return "--help-all" in (sys.argv[1:] if argv is None else argv)
+
+
+def build_parser(cls: type, description: str, show_all: bool = False) -> argparse.ArgumentParser:
+    """The job's parser; ``show_all``: ``--help`` lists every flag, not only the essential ones."""
+    from pipelines.options import ADVANCED, GROUPS, IO
+
+    parser = argparse.ArgumentParser(
+        description=description,
+        usage="%(prog)s [--config YAML] [flags]",
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=30),
+    )
+    parser.add_argument("--help-all", action="help", help="list every flag, not only the essential ones")
+    parser.add_argument("--verbose", action="store_true", help="also print Ray's logs and its workers' output")
+    headings = {name: parser.add_argument_group(name) for name in GROUPS}
+    headings[IO].add_argument("--config", metavar="YAML", help="YAML file of settings; flags override it")
     hints = typing.get_type_hints(cls)
+    hidden = 0
     for f in dataclasses.fields(cls):
         if f.metadata.get("cli") is False:
             continue
+        group = headings.get(f.metadata.get("group", ADVANCED), headings[ADVANCED])
         base = _base_type(hints[f.name])
         help_text = f.metadata.get("help", "")
         default = f.default if f.default is not dataclasses.MISSING else None
-        if default is not None and default != "":
+        if default not in (None, "", False):
             help_text = f"{help_text} (default: {default})".strip()
+        if not (show_all or f.metadata.get("essential")):
+            help_text = argparse.SUPPRESS
+            hidden += 1
+        names = [_flag(f), *f.metadata.get("aliases", ())]
+        metavar = f.metadata.get("metavar") or _metavar(base, names[0])
         if base is bool:
-            parser.add_argument(_flag(f), dest=f.name, nargs="?", const=True, type=_parse_bool, default=None, help=help_text)
-            parser.add_argument("--no-" + _flag(f)[2:], dest=f.name, action="store_false", help=argparse.SUPPRESS)
+            group.add_argument(*names, dest=f.name, nargs="?", const=True, type=_parse_bool, default=None, help=help_text, metavar="BOOL")
+            group.add_argument("--no-" + _flag(f)[2:], dest=f.name, action="store_false", help=argparse.SUPPRESS)
         elif base is list:
-            parser.add_argument(_flag(f), dest=f.name, nargs="+", default=None, help=help_text)
+            group.add_argument(*names, dest=f.name, nargs="+", default=None, help=help_text, metavar=metavar)
         else:
-            parser.add_argument(_flag(f), dest=f.name, type=base, default=None, help=help_text)
+            group.add_argument(*names, dest=f.name, type=base, default=None, help=help_text, metavar=metavar)
+    if hidden:
+        parser.epilog = f"{hidden} more flags: --help-all lists every flag."
     return parser
 
 
@@ -85,7 +114,7 @@ def load_yaml(path: str) -> dict[str, Any]:
 
 def config_from_args(cls: type[T], argv: list[str] | None, description: str) -> T:
     """Defaults < YAML (--config) < flags. Unknown YAML keys are an error, not ignored."""
-    parser = build_parser(cls, description)
+    parser = build_parser(cls, description, show_all=_help_all(argv))
     args = parser.parse_args(argv)
     from pipelines.console import set_verbose
 

@@ -21,17 +21,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from jobs.cli import config_from_args, run_main
+from pipelines.options import IO, MODEL, option
 
 
 @dataclass
 class DemoConfig:
-    output: str = field(default="outputs/demo", metadata={"help": "folder for data, model and tagged output (replaced)"})
-    train_sentences: int = 600
-    dev_sentences: int = 100
-    corpus_rows: int = 2000
-    epochs: int = 2
-    arch: str = field(default="encoder-decoder", metadata={"help": "encoder-decoder | encoder"})
-
+    output: str = field(default="outputs/demo", metadata=option("folder for data, model and tagged output (replaced)", group=IO, essential=True))
+    train_sentences: int = field(default=600, metadata=option("generated training sentences", group=IO, essential=True))
+    dev_sentences: int = field(default=100, metadata=option("generated dev sentences", group=IO, essential=True))
+    corpus_rows: int = field(default=2000, metadata=option("generated rows to tag", group=IO, essential=True))
+    epochs: int = field(default=2, metadata=option("training epochs", group=MODEL, essential=True))
+    arch: str = field(default="encoder-decoder", metadata=option("encoder-decoder | encoder", group=MODEL, essential=True))
 
 def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(DemoConfig, argv, "Fine-tune, evaluate and bulk-tag on local Ray with the packaged MiniLM.")

@@ -4,7 +4,7 @@ The model classes load on first use (``from ner_core import EncoderDecoderTagger
 or importing ``ner_core.model``/``ner_core.tagger``), which also registers
 ``EncoderDecoderTagger`` with the transformers Auto classes. Lazily, because the
 text, label and document modules are what Ray's read and write tasks import, and
-torch plus transformers would add about 6 s and 400 MiB to each of those processes.
+torch plus transformers would add seconds and hundreds of MiB to each of those processes.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import numpy as np
 
 from ner_core.casing import case_marker_ids, word_case
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # a position with no label (not a word's first subword, special, context): the loss skips it
 
 
 @dataclass
@@ -327,9 +327,8 @@ def padded_length(length: int, pad_to_multiple_of: int | None = None, lengths_pe
     ``lengths_per_octave``: lengths up to twice this value stay exact; above, each span between
     a power of two and the next holds this many lengths (with 8: exact to 16, then even to 32,
     multiples of 4 to 64, of 8 to 128, of 16 to 256...). Batches then come in a few dozen
-    shapes whatever the maximum length, and no window is padded by more than an eighth: on
-    20,000 CoNLL sentences, 2% more positions than exact padding, against 15% for rounding up
-    to a multiple of 8 (docs/BENCHMARKS.md).
+    shapes whatever the maximum length, and no window is padded by more than an eighth (far
+    less padding than rounding up to a multiple of 8; docs/performance.md).
     """
     if pad_to_multiple_of:
         length = -(-length // pad_to_multiple_of) * pad_to_multiple_of

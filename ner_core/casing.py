@@ -41,7 +41,7 @@ def _marker_ids(tokenizer) -> list[int | None]:
     """Each marker's token id, None where the tokenizer lacks it.
 
     (convert_tokens_to_ids is a map lookup; get_vocab() would copy the whole
-    vocabulary, ~20 ms, on every encode_batch call.)
+    vocabulary on every encode_batch call.)
     """
     ids = tokenizer.convert_tokens_to_ids(list(MARKERS))
     return [None if i == tokenizer.unk_token_id else i for i in ids]

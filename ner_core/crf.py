@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from ner_core.alignment import IGNORE_INDEX
 from ner_core.labels import LabelMap, split_tag
 
-IGNORE_INDEX = -100  # ner_core.alignment's: positions that carry no label
 # A forbidden step's score in the likelihood and the marginals: finite, so a gold sequence
 # that breaks IOB2 gives a large loss rather than inf/NaN gradients; exp() of it is 0.
 FORBIDDEN = -1e4

@@ -19,28 +19,20 @@ class InferenceSettings:
     # in larger batches and long ones in smaller. None: the device's default, below.
     batch_tokens: int | None = None
     gpu_batch_tokens: int = 8192
-    # On CPU, 2,048 keeps CoNLL-length sentences (up to 32 subwords) in batches of 64 and
-    # splits the end of each call's length sort, its longest windows, into smaller batches:
-    # the last batch of each 2,048-row call, 64 windows padded to the longest, held two
-    # thirds of the padding. fp32 forward passes over 20,000 rows took 58.1 s against 63.4
-    # and 63.9 s, with a lower peak; jobs.tag was 6% faster in fp32 and bf16 (runs
-    # alternating, docs/BENCHMARKS.md). The shapes stay few (81, not 54, in fp32).
+    # On CPU this keeps sentence-length windows in full batches and splits the end of each
+    # call's length sort, its longest windows, into smaller batches: one batch padded to the
+    # longest window otherwise held most of the padding (docs/performance.md).
     cpu_batch_tokens: int = 2048
     # On GPU, a batch closes early rather than pad more than this share of its positions:
     # windows sorted within a few thousand sentences still differ a lot in the long tail
     # (batches of 64 CoNLL windows padded 10% of their positions, with this 2.4%).
     max_padding: float | None = 0.05
     # Pad each batch to a multiple of this many positions, on GPU only (tensor-core friendly
-    # shapes). On CPU every padded position is computed for nothing: with length-sorted
-    # batches, exact padding made the tagging actor 12% faster on CoNLL sentences.
+    # shapes). On CPU every padded position is computed for nothing, so batches pad exactly.
     pad_to_multiple_of: int | None = 8
     # ... except for bf16 weights on CPU, where memory follows the input shapes: oneDNN keeps
-    # kernels per shape, about 2.7 MiB each here (123 new batch lengths grew a process from 418
-    # to 752 MiB), and with exact padding the actor's heap grew from 901 to 1,288 MiB between a
-    # 5,000- and a 50,000-row run. Lengths round up within octaves (``padded_length``): exact
-    # to 16 subwords, then 8 lengths per doubling, so a CoNLL corpus batches in 49 shapes
-    # (exact: 81) with 2% more positions than exact padding; rounding to a multiple of 8, the
-    # rule before, made 24 shapes but 15% more positions (a sentence is about 23 subwords).
+    # kernels per shape, so exact padding grows an actor's memory with every new length.
+    # Lengths round up within octaves (``padded_length``): few shapes, little extra padding.
     cpu_bf16_lengths_per_octave: int | None = 8
     context_length: int = 0  # document-context subwords per side (see ner_core.alignment); the training run's
     temperature: float = 1.0  # logits are divided by it before the softmax (fitted on dev by jobs.train)

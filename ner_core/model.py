@@ -39,11 +39,11 @@ from transformers import initialization as init
 from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import TokenClassifierOutput
 
+from ner_core.alignment import IGNORE_INDEX
 from ner_core.crf import CRF, allowed_transitions, crf_loss
 from ner_core.labels import LabelMismatchError, resolve_head_labels
 from ner_core.model_files import ENCODER_DECODER_TYPE, HEAD_KEY, HEADS
 
-IGNORE_INDEX = -100
 MODEL_TYPE = ENCODER_DECODER_TYPE  # one place, readable without torch (ner_core.model_files)
 DECODER_ATTENTION = ("bidirectional", "causal")
 # What a saved config without ``decoder_attention`` was trained with: HF's BERT

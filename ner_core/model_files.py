@@ -1,12 +1,11 @@
 """What a saved model directory says about itself, read from its files without loading it.
 
 The tagging driver checks a model before any cluster work. Loading it there (torch,
-transformers, the weights) cost 3.4 s of a 20,000-row job's start on 2 cores, all of it
-before the first actor could start, and the actors load the model again anyway. The
-driver only needs the label names, the position limit and that the files are whole:
-``config.json``, each safetensors header against its file's size (a copy cut short is the
-usual broken model) and ``tokenizer.json`` parsed by ``tokenizers`` (Rust, 20 ms). No torch
-or transformers import here.
+transformers, the weights) would delay the first actor's start, and the actors load the
+model again anyway. The driver only needs the label names, the position limit and that
+the files are whole: ``config.json``, each safetensors header against its file's size (a
+copy cut short is the usual broken model) and ``tokenizer.json`` parsed by ``tokenizers``
+(Rust, quick). No torch or transformers import here.
 """
 
 from __future__ import annotations

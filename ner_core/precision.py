@@ -6,8 +6,8 @@ model is never scored in one precision and served in another by accident.
 - ``auto``: bf16 on a GPU that supports it (fp16 on older GPUs), full fp32 on CPU.
   CPU stays fp32 by default because bf16 is only fast on CPUs with native bf16
   (AVX512-BF16 / AMX) and costs a little accuracy; ask for it explicitly.
-- ``bf16``: bf16 autocast on GPU or CPU. On this project's benchmark CPU (AMD EPYC,
-  avx512_bf16) it made MiniLM inference ~3x faster.
+- ``bf16``: bf16 autocast on GPU or CPU; on a CPU with native bf16 it is much faster
+  (docs/performance.md).
 - ``fp16``: GPU only (CPU autocast has no fast fp16 path).
 - ``none``: fp32 everywhere.
 """
@@ -50,11 +50,9 @@ def autocast_dtype(setting: str, device_type: str) -> torch.dtype | None:
 def for_inference(model, setting: str, device_type: str):
     """``(model, autocast dtype)`` for a model loaded only to predict (jobs.tag, jobs.evaluate).
 
-    bf16 on CPU casts the weights once instead of autocasting every forward pass. Measured on
-    the CoNLL encoder, dev set, 2 threads: F1 92.73 (autocast 92.71, fp32 92.74), 1.3x
-    faster than autocast (7.9 s against 10.4 s) and a lower peak (851 against 1,003 MiB RSS),
-    because autocast re-casts every weight in every pass and the actor's heap grows with
-    those short-lived copies. GPUs keep autocast (its fp32 master weights and reductions are
+    bf16 on CPU casts the weights once instead of autocasting every forward pass: the same
+    F1, faster and with a lower peak, because autocast re-casts every weight in every pass
+    and the actor's heap grows with those short-lived copies. GPUs keep autocast (its fp32 master weights and reductions are
     what their kernels are tuned for). Never for a model being trained: its weights must
     stay fp32.
     """

@@ -5,7 +5,7 @@ forward pass. ONNX Runtime runs the same graph faster in fp32 (fused kernels, no
 Python per op) and much faster with int8 weights (dynamic quantisation, per output
 channel), at a small, measurable cost in accuracy. Which engine to use is one setting,
 ``--runtime``, shared by ``jobs.evaluate`` and ``jobs.tag`` so a model is scored on the
-engine it is served with (see docs/BENCHMARKS.md for the figures that chose these).
+engine it is served with (docs/performance.md has the figures).
 
 - ``torch`` (default): the model as trained, any device, any ``--mixed-precision``.
 - ``onnx``: ONNX Runtime, fp32, CPU. The same predictions as torch (up to float rounding).
@@ -48,12 +48,30 @@ _WEIGHT_FILES = ("model.safetensors", "config.json")
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "ray-ner", "onnx")
 
 
+ONNX_PACKAGES = ("onnxruntime", "onnx", "onnxscript")  # the ray-ner[onnx] extra
+
+
+class MissingExtraError(ValueError):
+    """An optional engine's packages are not installed; the message names the extra."""
+
+
+def require_onnx(runtime: str) -> None:
+    """The ONNX packages importable, or one line saying which extra installs them."""
+    import importlib.util
+
+    missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingExtraError(f"--runtime {runtime} needs {', '.join(missing)}: pip install 'ray-ner[onnx]'")
+
+
 def check_runtime(runtime: str, mixed_precision: str = "auto") -> None:
-    """A known engine, and no autocast asked of one that has its own arithmetic."""
+    """A known engine, installed, and no autocast asked of one that has its own arithmetic."""
     if runtime not in RUNTIMES:
         raise ValueError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if runtime != "torch" and mixed_precision in ("bf16", "fp16"):
         raise ValueError(f"--mixed-precision {mixed_precision} is for --runtime torch; --runtime {runtime} sets its own precision")
+    if runtime != "torch":
+        require_onnx(runtime)
 
 
 def load_runtime(model_dir: str | os.PathLike, runtime: str = "torch", *, threads: int | None = None, cache_dir: str | None = None):

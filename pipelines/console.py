@@ -11,7 +11,9 @@ Ray's own INFO logs, Ray Data's executor state dumps and every worker's output
 (which Ray forwards to the driver's console by default) go to Ray's log files in
 the session directory instead (``/tmp/ray/session_latest/logs``), unless the
 job runs with ``--verbose``. Warnings still reach the console, except the few
-below that tell a user nothing they can act on. Progress from Ray Train workers
+below that tell a user nothing they can act on; Ray Data's error records about a
+failed task (a traceback, retry advice) stay in its log file, as the job reports
+the same failure in one line. Progress from Ray Train workers
 reaches the console through ``pipelines.progress`` instead of forwarded prints.
 """
 
@@ -25,6 +27,10 @@ import time
 from collections.abc import Sequence
 
 LOG_EVERY_S = 10.0
+# A rate (and the ETA from it) over less time than this says more about when the stage
+# first heard of its work than about its speed: a stage told of 5 batches at once would
+# show thousands a second.
+MIN_RATE_S = 2.0
 
 # Console messages that carry no action for the user of a job: Ray's notice that a
 # local cluster uses its (secure) default, and Ray Data's notes about the progress
@@ -42,6 +48,14 @@ class _DropNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         return not any(n in message for n in _NOISE)
+
+
+class _DropRaisedErrors(logging.Filter):
+    """Ray Data's ERROR records about a failed task: the same failure is raised to the job,
+    which reports it as one line; the record (traceback, retry advice) stays in Ray's log file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
 
 
 _state = {"verbose": False}
@@ -73,13 +87,15 @@ def quiet_ray_logs() -> None:
             # the file handlers keep everything; only what reaches the console is raised to WARNING
             if handler.get_name() == "console" or isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                 handler.setLevel(max(handler.level, logging.WARNING))
+                if name == "ray.data" and not any(isinstance(f, _DropRaisedErrors) for f in handler.filters):
+                    handler.addFilter(_DropRaisedErrors())
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     # The model loaders' own progress bars ("Loading weights") on the driver; their warnings stay.
     # huggingface_hub reads the variable when first imported, and transformers asks it then;
     # only a library already imported is switched off directly. (Importing transformers here
-    # just for that cost the tagging driver 0.7 s of CPU before Ray even started.)
+    # just for that would slow every driver's start.)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if "huggingface_hub" in sys.modules:
         from huggingface_hub.utils import disable_progress_bars
@@ -109,6 +125,15 @@ def format_duration(seconds: float | None) -> str:
     h, rem = divmod(s, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def format_rate(done: float, elapsed: float, unit: str) -> str | None:
+    """``12.5 rows/s``; None until ``MIN_RATE_S`` have passed with something done."""
+    if not done or elapsed < MIN_RATE_S:
+        return None
+    rate = done / elapsed
+    digits = 0 if rate >= 10 else 1 if rate >= 1 else 2
+    return f"{rate:,.{digits}f} {unit}/s"
 
 
 def print_plan(title: str, items: Sequence[tuple[str, str]]) -> None:
@@ -153,17 +178,16 @@ class Stage:
         if self.unit:
             total = f"/{self.total:,.0f}" if self.total else ""
             parts.append(f"{self.done:,.0f}{total} {self.unit}")
-            rate = self.rate()
-            if self.done and elapsed > 0:
-                digits = 0 if rate >= 10 else 1 if rate >= 1 else 2
-                parts.append(f"{rate:,.{digits}f} {self.unit}/s")
+            rate = format_rate(self.done, elapsed, self.unit)
+            if rate:
+                parts.append(rate)
         if self.note:
             parts.append(self.note)
         if final:
             parts.append(f"{ended} {'in' if ended == 'done' else 'after'} {format_duration(elapsed)}")
         else:
             eta = self._eta
-            if eta is None and self.unit and self.total and self.done and self.rate():
+            if eta is None and self.unit and self.total and self.done and self.rate() and elapsed >= MIN_RATE_S:
                 eta = (self.total - self.done) / self.rate()
             parts.append(f"ETA {format_duration(eta)}" if eta is not None else f"{format_duration(elapsed)} elapsed")
         return f"{self.name}: " + "  ".join(parts)

@@ -24,26 +24,27 @@ from ner_core.runtime import RUNTIMES, check_runtime
 from ner_core.tagger import resolve_model_path
 from pipelines.console import Stage, echo
 from pipelines.labelled_data import read_labelled
+from pipelines.options import ADVANCED, IO, MODEL, RESOURCES, option
 
 
 @dataclass
 class EvaluateConfig:
-    model: str | None = field(default=None, metadata={"help": "trained model directory"})
-    data: str | None = field(default=None, metadata={"help": "labelled data: CoNLL, Parquet or JSONL (tokens/tags); local or s3://"})
-    json: str | None = field(default=None, metadata={"help": "also write the metrics to this JSON file"})
-    report: str | None = field(default=None, metadata={"help": "also write report.html (per-type table, confusion matrix of entity types) into this folder"})
-    scheme: str = field(default="IOB2", metadata={"help": "tag scheme of the data: IOB1 | IOB2 | IOBES"})
-    repair_invalid: bool = False
-    token_column: int = 0
-    tag_column: int = -1
-    max_length: int | None = field(default=None, metadata={"help": "window length (default: the training run's)"})
-    stride: int | None = None
-    context_length: int | None = field(default=None, metadata={"help": "document-context subwords per side (default: the training run's)"})
-    documents: str | None = field(default=None, metadata={"help": f"where document context finds documents: {' | '.join(DOCUMENT_SOURCES)} (default: the training run's)"})
-    batch_size: int | None = None
-    torch_threads: int | None = None
-    mixed_precision: str = field(default="auto", metadata={"help": "as for jobs.tag: auto (fp32 on CPU) | bf16 | none; score in the precision you tag in"})
-    runtime: str = field(default="torch", metadata={"help": f"as for jobs.tag: {' | '.join(RUNTIMES)}; score on the engine you tag with"})
+    model: str | None = field(default=None, metadata=option("trained model directory", group=MODEL, essential=True))
+    data: str | None = field(default=None, metadata=option("labelled data: CoNLL, Parquet or JSONL (tokens/tags); local or s3://", group=IO, essential=True))
+    json: str | None = field(default=None, metadata=option("also write the metrics to this JSON file", group=IO, essential=True))
+    report: str | None = field(default=None, metadata=option("also write report.html (per-type table, confusion matrix of entity types) into this folder", group=IO, essential=True))
+    scheme: str = field(default="IOB2", metadata=option("tag scheme of the data: IOB1 | IOB2 | IOBES", group=IO, essential=True))
+    repair_invalid: bool = field(default=False, metadata=option("repair invalid tag sequences (e.g. O I-PER) instead of failing", group=IO))
+    token_column: int = field(default=0, metadata=option("CoNLL column holding the token", group=IO))
+    tag_column: int = field(default=-1, metadata=option("CoNLL column holding the tag", group=IO))
+    max_length: int | None = field(default=None, metadata=option("window length (default: the training run's)", group=MODEL))
+    stride: int | None = field(default=None, metadata=option("subword overlap between windows (default: the training run's)", group=MODEL))
+    context_length: int | None = field(default=None, metadata=option("document-context subwords per side (default: the training run's)", group=MODEL))
+    documents: str | None = field(default=None, metadata=option(f"where document context finds documents: {' | '.join(DOCUMENT_SOURCES)} (default: the training run's)", group=MODEL))
+    batch_size: int | None = field(default=None, metadata=option("windows per forward pass", group=ADVANCED))
+    torch_threads: int | None = field(default=None, metadata=option("torch threads (default: the CPUs Ray gives the job)", group=RESOURCES))
+    mixed_precision: str = field(default="auto", metadata=option("as for jobs.tag: auto (fp32 on CPU) | bf16 | none; score in the precision you tag in", group=MODEL, essential=True, metavar="MODE"))
+    runtime: str = field(default="torch", metadata=option(f"as for jobs.tag: {' | '.join(RUNTIMES)}; score on the engine you tag with", group=MODEL, essential=True))
 
     def __post_init__(self):
         check_mixed_precision(self.mixed_precision)
@@ -79,8 +80,9 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     # document context exactly as in training (the settings come from the model's metrics.json)
     documents = cfg.documents or trained.get("documents") or "markers"
     rows = read_labelled(
-        cfg.data, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column, settings.context_length, documents
-    ).take_all()
+        cfg.data, scheme=cfg.scheme, repair_invalid=cfg.repair_invalid, token_column=cfg.token_column, tag_column=cfg.tag_column,
+        context_words=settings.context_length, documents=documents,
+    ).take_all()  # fmt: skip
     rows.sort(key=lambda r: (r["source"], r["line"]))
     if settings.context_length and not any(r["context_left"] or r["context_right"] for r in rows):
         echo(f"warning: the model reads {settings.context_length} subwords of document context, but {cfg.data} has no -DOCSTART- document markers: scored without context (--documents datelines infers them in Reuters news)")

@@ -141,6 +141,7 @@ def _normalise(batch: pa.Table, scheme: str, repair_invalid: bool) -> pa.Table:
 
 def read_labelled(
     path: str,
+    *,
     scheme: str = "IOB2",
     repair_invalid: bool = False,
     token_column: int = 0,

@@ -18,6 +18,7 @@ from ner_core.precision import check_mixed_precision
 from ner_core.predictor import resolve_settings
 from ner_core.runtime import RUNTIMES, check_runtime
 from pipelines.cluster import parse_range, parse_resources
+from pipelines.options import ADVANCED, IO, MODEL, RESOURCES, option
 from pipelines.storage import is_s3
 
 if TYPE_CHECKING:
@@ -44,56 +45,47 @@ def exception_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
-def _help(text: str, **extra: Any) -> dict:
-    return {"help": text, **extra}
-
-
 @dataclass
 class TagConfig:
     """Every setting of ``jobs.tag`` and its default."""
 
-    model: str | None = field(default=None, metadata=_help("trained model directory (local or s3://), or 'minilm' for an untrained smoke test"))
-    input: str | None = field(default=None, metadata=_help("input file, folder or glob; local or s3://"))
-    output: str | None = field(default=None, metadata=_help("output folder; local or s3://"))
-    format: str | None = field(default=None, metadata=_help("input format: parquet | jsonl (default: from the file extensions)"))
-    output_format: str = field(default="parquet", metadata=_help("parquet | jsonl"))
-    text_column: str = field(default="text", metadata=_help("column with raw text (split into words with character offsets)"))
-    tokens_column: str | None = field(default=None, metadata=_help("column with pre-split words (list of strings); replaces --text-column"))
-    id_column: str | None = field(default=None, metadata=_help("column identifying a row; copied into error records"))
-    # Rows per actor call. Large, because windows are length-sorted within a call: the
-    # more rows sorted together, the less padding per forward pass (512 -> 2048 rows was
-    # 1.5x faster on CPU for CoNLL-length sentences). Not larger: with 8192-row calls the
-    # fp32 actor's peak at 50,000 rows was 1.22x its peak at 5,000 (1.08x with 2048), for a
-    # forward pass about 9% faster (docs/BENCHMARKS.md).
-    batch_size: int = field(default=2048, metadata=_help("rows per actor call (windows are length-sorted within it)"))
-    # A forward pass takes up to this many windows and --batch-tokens positions, so short
-    # sentences go in large batches and long ones in small (ner_core.inference.length_batches);
-    # on GPU it also closes early rather than pad much, not on CPU (a few input shapes keep
-    # oneDNN's per-shape memory bounded).
-    window_batch_size: int = field(default=64, metadata=_help("windows per forward pass, at most"))
-    batch_tokens: int | None = field(default=None, metadata=_help("positions per forward pass (windows x padded length), at most (default: 8192 on GPU, 2048 on CPU)"))
-    actors: str = field(default="1", metadata=_help("actor pool size: N, or MIN-MAX to autoscale"))
-    cpus_per_actor: float = field(default=1.0, metadata=_help("CPUs reserved per actor (fractional allowed; keep some free for reading)"))
-    gpus_per_actor: float = field(default=0.0, metadata=_help("GPUs per actor; fractional to share a GPU between actors"))
-    preprocess: str = field(default="auto", metadata=_help("where rows become subword windows: tasks (Ray Data tasks beside the actors) | actor (in the actor, just before the model) | auto (actor on CPU, where tasks would take cores from the model's threads; tasks on GPU)"))
-    cpus_per_task: float = field(default=0.25, metadata=_help("CPUs per read/preprocess/write task; differs from --cpus-per-actor so preprocessing is not fused into the actors"))
-    actor_resources: str | dict[str, float] | None = field(default=None, metadata=_help("custom Ray resources per actor, NAME=AMOUNT[,...] (e.g. gpu_node=1): pins actors to the node types that declare them"))
-    task_resources: str | dict[str, float] | None = field(default=None, metadata=_help("custom Ray resources per read/preprocess/write task, NAME=AMOUNT[,...]"))
-    output_shared: bool = field(default=False, metadata=_help("the local --output is a shared mount (NFS, EFS) that every node sees at the same path; needed for a local --output on a cluster of several nodes"))
-    torch_threads: int | None = field(default=None, metadata=_help("torch threads per actor (default: its CPUs, at least 1)"))
-    max_length: int | None = field(default=None, metadata=_help("subword window length (default: the model's own, saved by jobs.train, else 256; at most the model's positions)"))
-    stride: int | None = field(default=None, metadata=_help("subword overlap between windows of long documents (default: the model's own, else 64; shorter than the window)"))
-    min_score: float | None = field(default=None, metadata=_help("drop entities scored under this (their tokens become O); see the score thresholds in jobs.evaluate's report"))
-    all_scores: bool = field(default=False, metadata=_help("also write every label's probability per token (column all_scores)"))
-    rows_per_block: int = field(default=1024, metadata=_help("rows per read block (memory per block in flight)"))
-    rows_per_file: int = field(default=10_000, metadata=_help("rows gathered per output file (fewer when a source file ends)"))
-    mixed_precision: str = field(default="auto", metadata=_help("auto (bf16 on GPU, fp32 on CPU) | bf16 (GPU, or CPU with AVX512-BF16/AMX: ~3x faster) | fp16 (GPU) | none"))
-    runtime: str = field(default="torch", metadata=_help(f"model engine: {' | '.join(RUNTIMES)} (ONNX Runtime on CPU, fp32 or int8 weights; check its F1 with jobs.evaluate --runtime first)"))
-    read_tasks: int | None = field(default=None, metadata=_help("read tasks, at most one per input file (default: by size, small files packed about 1 MiB of input a task, a larger file alone; 1 reads files in order)"))
-    read_attempts: int = field(default=4, metadata=_help("attempts to read a file that fails part-way (dropped connection, 5xx) before it is reported failed"))
-    read_retry_delay_s: float = field(default=1.0, metadata=_help("wait before the second read attempt; doubles for each further one"))
-    commit_every_s: float = field(default=5.0, metadata=_help("how often finished input files are committed while the job runs"))
-    overwrite: bool = field(default=False, metadata=_help("delete an existing output folder's contents first"))
+    model: str | None = field(default=None, metadata=option("trained model folder (local or s3://); 'minilm': an untrained smoke test", group=MODEL, essential=True))
+    input: str | None = field(default=None, metadata=option("input file, folder or glob; local or s3://", group=IO, essential=True))
+    output: str | None = field(default=None, metadata=option("output folder; local or s3://", group=IO, essential=True))
+    format: str | None = field(default=None, metadata=option("input format: parquet | jsonl (default: from the file extensions)", group=IO))
+    output_format: str = field(default="parquet", metadata=option("parquet | jsonl", group=IO, essential=True))
+    text_column: str = field(default="text", metadata=option("input column of raw text", group=IO, essential=True))
+    tokens_column: str | None = field(default=None, metadata=option("input column of pre-split words, instead of text", group=IO, essential=True))
+    id_column: str | None = field(default=None, metadata=option("column identifying a row; copied into error records", group=IO))
+    overwrite: bool = field(default=False, metadata=option("empty an existing output folder first", group=IO, essential=True))
+    output_shared: bool = field(default=False, metadata=option("the local --output is a shared mount (NFS, EFS) every node sees at the same path; needed for a local --output on a cluster of several nodes", group=IO))
+    rows_per_file: int = field(default=10_000, metadata=option("rows per output file (fewer when a source file ends)", group=IO))
+    max_length: int | None = field(default=None, metadata=option("subword window length (default: the model's own, saved by jobs.train, else 256; at most the model's positions)", group=MODEL))
+    stride: int | None = field(default=None, metadata=option("subword overlap between windows of long documents (default: the model's own, else 64; shorter than the window)", group=MODEL))
+    min_score: float | None = field(default=None, metadata=option("drop entities scored under this (0-1)", group=MODEL, essential=True))
+    all_scores: bool = field(default=False, metadata=option("also write every label's probability per token (column all_scores)", group=MODEL))
+    mixed_precision: str = field(default="auto", metadata=option("auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | none", group=MODEL, essential=True, metavar="MODE"))
+    runtime: str = field(default="torch", metadata=option(f"model engine: {' | '.join(RUNTIMES)} (check F1 with evaluate first)", group=MODEL, essential=True))
+    actors: str = field(default="1", metadata=option("model copies tagging in parallel: N, or MIN-MAX to autoscale", group=RESOURCES, essential=True))
+    cpus_per_actor: float = field(default=1.0, metadata=option("CPUs per model copy", group=RESOURCES, essential=True))
+    gpus_per_actor: float = field(default=0.0, metadata=option("GPUs per model copy; fractional to share a GPU", group=RESOURCES, essential=True))
+    torch_threads: int | None = field(default=None, metadata=option("threads per model copy (default: its CPUs, at least 1)", group=RESOURCES))
+    cpus_per_task: float = field(default=0.25, metadata=option("CPUs per reading, preprocessing or writing task", group=RESOURCES))
+    actor_resources: str | dict[str, float] | None = field(default=None, metadata=option("custom Ray resources per model copy, NAME=AMOUNT[,...] (e.g. gpu_node=1): runs them only on the nodes that declare them", group=RESOURCES))
+    task_resources: str | dict[str, float] | None = field(default=None, metadata=option("custom Ray resources per reading/preprocessing/writing task, NAME=AMOUNT[,...]", group=RESOURCES))
+    preprocess: str = field(default="auto", metadata=option("where text becomes model input: actor (beside the model) | tasks (separate tasks) | auto (actor on CPU, tasks on GPU)", group=RESOURCES))
+    # Three batch sizes, three units: rows handed to a model copy at once (--batch-size),
+    # then windows and positions per forward pass inside it. Rows are sorted by length
+    # within a call, so a larger call pads less; not larger, as it raises memory.
+    batch_size: int = field(default=2048, metadata=option("rows handed to a model copy at once (sorted by length within it: larger pads less, uses more memory)", group=ADVANCED))
+    # Short sentences go in large batches and long ones in small (ner_core.inference.length_batches).
+    window_batch_size: int = field(default=64, metadata=option("windows per forward pass, at most", group=ADVANCED))
+    batch_tokens: int | None = field(default=None, metadata=option("positions per forward pass (windows x padded length), at most (default: 8192 on GPU, 2048 on CPU)", group=ADVANCED))
+    rows_per_block: int = field(default=1024, metadata=option("rows read at a time (memory per block in flight)", group=ADVANCED))
+    read_tasks: int | None = field(default=None, metadata=option("reading tasks, at most one per input file (default: by size, small files packed together; 1 reads files in order)", group=ADVANCED))
+    read_attempts: int = field(default=4, metadata=option("attempts to read a file that fails part-way (dropped connection, 5xx) before it is reported failed", group=ADVANCED))
+    read_retry_delay_s: float = field(default=1.0, metadata=option("wait before the second read attempt; doubles for each further one", group=ADVANCED))
+    commit_every_s: float = field(default=5.0, metadata=option("how often finished input files are committed while the job runs", group=ADVANCED))
 
     def __post_init__(self):
         if self.format is not None and self.format not in FORMATS:
@@ -148,7 +140,7 @@ def infer_format(paths: list[str]) -> str:
     return formats.pop()
 
 
-def precision(cfg: TagConfig) -> str:
+def arithmetic(cfg: TagConfig) -> str:
     """The arithmetic the actors use, as recorded with the output: ``auto`` on CPU is fp32."""
     if cfg.mixed_precision == "none" or (cfg.mixed_precision == "auto" and not cfg.gpus_per_actor):
         return "fp32"

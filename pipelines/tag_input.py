@@ -17,7 +17,7 @@ writer gives each row's values back from its original text (see
 ``tag_sink.TaggedOutputSink``; Parquet output types each column once per job
 from ``scan_jsonl_columns``, which runs beside the tagging).
 
-Small files share read tasks (``pack_files``: about 1 MiB of input a task) and
+Small files share read tasks (``pack_files``, up to ``READ_TASK_BYTES`` a task) and
 their rows share blocks, so a file costs a few requests, not a task and a block
 of its own; a file stays the unit of commit, error accounting and resume: the
 reader reports each one (``ReadReports``: the rows it read, or why it could not)
@@ -58,6 +58,16 @@ SRC, ROW, ERROR, RAW = "__src", "__row", "__error", "__raw"
 INTERNAL_PREFIX = "__"
 OUTPUT_COLUMNS = ("tokens", "labels", "scores", "entities", "all_scores")
 BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark: not part of the first row
+
+
+def check_output_clash(columns, column: str | None, pre_split: bool) -> None:
+    """``BadRow`` where an input column would be overwritten by an output column of the same name.
+
+    A pre-split ``tokens`` column is the one read, and is written back as it was.
+    """
+    clash = next((c for c in OUTPUT_COLUMNS if c in columns and c != (column if pre_split else None)), None)
+    if clash is not None:
+        raise BadRow(f"input column {clash!r} clashes with an output column of the same name")
 
 
 def _column(values: list[Any]) -> pa.Array:
@@ -113,10 +123,8 @@ def read_jsonl(fh, key: str, rows_per_block: int, column: str | None = None, pre
                 block.append(_error(key, row, f"malformed JSON: {exc.msg} at column {exc.colno}", text))
             else:
                 if isinstance(obj, dict):
-                    clash = next((c for c in OUTPUT_COLUMNS if c in obj and c != (column if pre_split else None)), None)
                     try:
-                        if clash is not None:
-                            raise BadRow(f"input column {clash!r} clashes with an output column of the same name")
+                        check_output_clash(obj, column, pre_split)
                         if column is not None:
                             check_row(obj, column, pre_split)
                     except BadRow as exc:
@@ -155,7 +163,7 @@ class FileReadFailed(Exception):
 # attempt reads the same bytes, so it is reported at once rather than retried like a drop.
 DAMAGED = (EOFError, zlib.error, gzip.BadGzipFile, pa.ArrowInvalid)
 # Files are packed into read tasks of about this much input; a larger file has a task of its
-# own. Each file also counts 4 KiB (its open and request), so a task of empty files ends too.
+# own. Each file also counts for its open and request, so a task of empty files ends too.
 READ_TASK_BYTES = 1 << 20
 FILE_COST_BYTES = 4 << 10
 # Files up to this size are fetched whole, in one request (on S3 one GET, no HEAD), then parsed.
@@ -349,9 +357,8 @@ def _unify(a: pa.DataType | None, b: pa.DataType) -> pa.DataType:
 
 def _taggable(obj: dict, column: str | None, pre_split: bool) -> bool:
     """Would ``read_jsonl`` pass this object on (not turn it into an error row)?"""
-    if any(c in obj and c != (column if pre_split else None) for c in OUTPUT_COLUMNS):
-        return False
     try:
+        check_output_clash(obj, column, pre_split)
         if column is not None:
             check_row(obj, column, pre_split)
     except BadRow:
@@ -411,13 +418,11 @@ def scan_jsonl_columns(files: dict[str, int], rows_per_block: int, column: str |
     JSON text. Parquet needs one type per column in every file of the output, and a JSON
     field's type is only known after every row has been seen; so this pass reads the input
     once (no model). It runs beside the tagging instead of before it: the sink waits for it
-    at its first write, and the first rows are tagged seconds sooner (1.3 s of the start at
-    20,000 rows, 3.7 s at 100,000; the whole corpus on a large one).
+    at its first write, so the first rows are tagged sooner, by more the larger the corpus.
 
     In a quarter of the cluster's CPUs' worth of tasks at most, one at least, each scanning
     its share of the files in turn: one task per file started a Ray worker process per file
-    just as the tagging actor was loading its model (2 cores, bf16, 50,000 rows in 5 files:
-    first rows after 12.4 s, 8.3 s with no scan at all; docs/BENCHMARKS.md).
+    just as the tagging actor was loading its model, and delayed its first rows.
     """
     import ray
 

@@ -21,7 +21,7 @@ def model_identity(model: str) -> str:
     """A hash of the model's files (ETags on S3, contents locally): changes when the model is retrained.
 
     The files directly in the model's folder: a training run's checkpoints and logs in its
-    subfolders are not the model, and hashing them cost 0.5 s of every job's start.
+    subfolders are not the model, and hashing them would slow every job's start.
     """
     from ner_core.model_files import resolve_model_path
     from pipelines.storage import files_identity
@@ -88,7 +88,7 @@ def check_model(model: str) -> ModelInfo:
 
     Reads the model's files (``ner_core.model_files``) without loading it: the driver then
     imports neither torch nor transformers, and the actors, which load it anyway, start
-    3 s sooner. It catches what breaks a copied model: a missing or cut-short weights file
+    sooner. It catches what breaks a copied model: a missing or cut-short weights file
     (safetensors header against the file's size), an unreadable config or tokenizer. A
     model that passes and still will not load (weights of another architecture) stops the
     job at the first actor, whose traceback ends in ``TagRunError: cannot load model ...``.

@@ -27,7 +27,7 @@ from ner_core.documents import BadRow, Document, document_from_text, document_fr
 from ner_core.predictor import WindowEncoder
 from ner_core.text import Word
 from pipelines.tag_config import TagPlan
-from pipelines.tag_input import ERROR, INTERNAL_PREFIX, OUTPUT_COLUMNS, RAW, raw_row
+from pipelines.tag_input import ERROR, INTERNAL_PREFIX, RAW, check_output_clash, raw_row
 from pipelines.tag_model import cached_tokenizer
 
 WINDOW_COLUMNS = ("__win_ids", "__win_words", "__win_first", "__win_end")
@@ -66,7 +66,6 @@ def prepare(batch: pa.Table, plan: TagPlan) -> Prepared:
 def _documents(batch: pa.Table, plan: TagPlan, errors: list, raws: list) -> list[Document | None]:
     """One ``Document`` per row, or None where the row is an error (its reason put in ``errors``)."""
     column = plan.column
-    clashes = [c for c in OUTPUT_COLUMNS if c in batch.column_names and not (plan.pretokenized and c == column)]
     values = batch.column(column).to_pylist() if column in batch.column_names else None
     present = [c for c in batch.column_names if not c.startswith(INTERNAL_PREFIX)]
     docs: list[Document | None] = []
@@ -74,8 +73,7 @@ def _documents(batch: pa.Table, plan: TagPlan, errors: list, raws: list) -> list
         doc = None
         if errors[i] is None:
             try:
-                if clashes:
-                    raise BadRow(f"input column {clashes[0]!r} clashes with an output column of the same name")
+                check_output_clash(batch.column_names, column, plan.pretokenized)
                 row = {column: values[i]} if values is not None else dict.fromkeys(present)
                 doc = document_from_tokens(row, column) if plan.pretokenized else document_from_text(row, column)
             except BadRow as exc:

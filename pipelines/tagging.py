@@ -28,7 +28,7 @@ from dataclasses import asdict
 
 from pipelines.cluster import parse_resources, require_reachable
 from pipelines.storage import input_files
-from pipelines.tag_config import EXTENSIONS, OUTPUT_SETTINGS, TagConfig, TagPlan, TagRunError, infer_format, precision
+from pipelines.tag_config import EXTENSIONS, OUTPUT_SETTINGS, TagConfig, TagPlan, TagRunError, arithmetic, infer_format
 from pipelines.tag_input import TaggingInput, scan_jsonl_columns
 from pipelines.tag_model import check_model
 from pipelines.tag_sink import TaggedOutputSink
@@ -94,7 +94,7 @@ def _output_settings(cfg: TagConfig, plan: TagPlan, store: OutputStore, files: d
     settings = {k: v for k, v in asdict(cfg).items() if k != "overwrite"}
     settings.update(
         format=plan.format, max_length=plan.max_length, stride=plan.stride, temperature=plan.inference.temperature,
-        model_identity=plan.model_identity, precision=precision(cfg),
+        model_identity=plan.model_identity, precision=arithmetic(cfg),
     )  # fmt: skip
     previous = store.read_json(store.path("_job.json"))
     changed = [k for k in OUTPUT_SETTINGS if previous is not None and previous.get(k) != settings.get(k)]
@@ -179,8 +179,7 @@ def _run_pipeline(cfg: TagConfig, plan: TagPlan, store: OutputStore, pending: li
     )  # fmt: skip
     # Exactly the reader's read tasks (small files packed together, a large one alone): Ray
     # Data's own default splits each file's blocks into many small ones and then cannot fuse
-    # preprocessing into the read; on 2 cores that cost ~12% of the run (123 s -> 110 s for
-    # 50k rows in 5 files).
+    # preprocessing into the read, which costs a noticeable share of a small machine's run.
     ds = ray.data.read_datasource(reader, override_num_blocks=len(reader.groups), **task_args)
     if not plan.preprocess_in_actor:
         ds = ds.map_batches(preprocess, batch_format="pyarrow", batch_size=None, fn_kwargs={"plan": plan}, **task_args)
@@ -192,10 +191,9 @@ def _run_pipeline(cfg: TagConfig, plan: TagPlan, store: OutputStore, pending: li
         compute=ActorPoolStrategy(min_size=plan.min_actors, max_size=plan.max_actors),
         num_cpus=cfg.cpus_per_actor,
         num_gpus=cfg.gpus_per_actor,
-        # Ray sets OMP_NUM_THREADS to the actor's CPUs (1) before torch starts; in a plain
-        # Ray actor, torch's set_num_threads(2) on top of that ran TagActor 4x slower
-        # (45.8 s against 10.9 s for 4,000 CoNLL sentences, 2 cores). The actor starts
-        # with OpenMP sized to its threads instead.
+        # Ray sets OMP_NUM_THREADS to the actor's CPUs before torch starts, and raising
+        # torch's threads above it later made OpenMP crawl: the actor starts with OpenMP
+        # sized to its threads instead.
         runtime_env={"env_vars": {**worker_env_vars(), "OMP_NUM_THREADS": str(plan.torch_threads), **_onednn_env(cfg)}},
         **({"resources": actor_resources} if actor_resources else {}),
     )
@@ -215,19 +213,16 @@ def _run_pipeline(cfg: TagConfig, plan: TagPlan, store: OutputStore, pending: li
 def _onednn_env(cfg: TagConfig) -> dict[str, str]:
     """The size of the actors' oneDNN kernel cache on CPU: 16 kernels in fp32, 256 in bf16.
 
-    oneDNN (torch's CPU kernels) keeps up to 1,024 kernels with their memory, made per input
-    shape. fp32 batches are padded exactly, so nearly every batch brings a new shape: at 16,
-    the fp32 memory benchmark's peak at 10x went from 1.17x to 1.05x the 1x peak, at the same
-    speed. bf16 kernels cost more to make (about 5 ms a shape) and more memory (about 2.7 MiB
-    a shape); its batches come in a few dozen lengths (``ner_core.alignment.padded_length``),
-    whose kernels 256 holds, and 256 bounds what the shapes that come once (the last batch of
-    a call) can add over a long run. (At 50,000 rows the bound did not show yet: the bf16 peak
-    at 10x was 1.073x the 1x peak with 256 and 1.068x with the default; docs/BENCHMARKS.md.)
-    A value set in the environment wins.
+    oneDNN (torch's CPU kernels) keeps many kernels with their memory, made per input shape.
+    fp32 batches are padded exactly, so nearly every batch brings a new shape, and a small
+    cache bounds the memory at the same speed. bf16 kernels cost more to make and to keep;
+    its batches come in a few dozen lengths (``ner_core.alignment.padded_length``), whose
+    kernels 256 holds, while the bound still caps what one-off shapes add over a long run
+    (docs/performance.md). A value set in the environment wins.
     """
     if "ONEDNN_PRIMITIVE_CACHE_CAPACITY" in os.environ:
         return {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"]}
-    capacity = None if cfg.gpus_per_actor else {"fp32": "16", "bf16": "256"}.get(precision(cfg))
+    capacity = None if cfg.gpus_per_actor else {"fp32": "16", "bf16": "256"}.get(arithmetic(cfg))
     return {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": capacity} if capacity else {}
 
 

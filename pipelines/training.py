@@ -52,6 +52,7 @@ from pipelines.cluster import parse_resources, require_reachable
 from ner_core.report import training_report, write_report
 from pipelines.console import Stage
 from pipelines.job_console import TrainingMonitor, tensorboard_dir
+from pipelines.options import ADVANCED, IO, MODEL, RESOURCES, TRAINING, option
 from pipelines.labelled_data import collect_labels, encode_for_training, read_labelled, rows_with_context
 from pipelines.progress import Reporter
 from pipelines.train_batches import Batch, length_grouped_batches
@@ -68,55 +69,51 @@ POOL_WINDOWS = 4096
 WINDOWS_PER_BLOCK = 1024
 
 
-def _help(text: str, **extra) -> dict:
-    return {"help": text, **extra}
-
-
 @dataclass
 class TrainConfig:
     """Every training setting and its default (YAML keys and flags use these names)."""
 
-    train: str | None = field(default=None, metadata=_help("labelled training data: CoNLL file(s), Parquet or JSONL with tokens/tags; local or s3://"))
-    dev: str | None = field(default=None, metadata=_help("labelled dev data for per-epoch evaluation and model selection"))
-    output: str = field(default="outputs/train", metadata=_help("output directory, local or s3://: final model, tokenizer, labels.json, metrics.json"))
-    storage: str | None = field(default=None, metadata=_help("this run's checkpoints and Ray Train run directory: s3://... or a folder every node mounts (default: <output>/_ray; on a cluster of several nodes it must be s3:// or shared)"))
-    storage_shared: bool = field(default=False, metadata=_help("the local --storage path is a shared mount (NFS, EFS) that every node sees at the same path"))
-    arch: str = field(default="encoder-decoder", metadata=_help("encoder-decoder | encoder"))
-    encoder: str = field(default="minilm", metadata=_help("encoder name or directory ('minilm' = the packaged all-MiniLM-L6-v2)"))
-    decoder: str | None = field(default=None, metadata=_help("decoder name or directory for encoder-decoder (default: the encoder)"))
-    init_from: str | None = field(default=None, metadata=_help("a tagger saved by jobs.train (local folder) to fine-tune further instead of building one: its architecture, decoder attention, tokenizer and case markers are used, and --arch/--encoder/--decoder/--decoder-attention/--case-markers are not"))
-    new_head: bool = field(default=False, metadata=_help("with --init-from: a new, untrained classifier for the training data's labels (transfer to another label set, e.g. CoNLL-2003 to WNUT-2017); without it the saved head is kept and its labels must be the data's"))
-    decoder_attention: str = field(default="bidirectional", metadata=_help("encoder-decoder only: the decoder's self-attention, bidirectional | causal (HF's decoder as is)"))
-    head: str = field(default="linear", metadata=_help("linear | crf: a CRF over each window's words, decoded by Viterbi (never breaks IOB2)"))
-    scheme: str = field(default="IOB2", metadata=_help("tag scheme of the input data: IOB1 | IOB2 | IOBES (converted to IOB2)"))
-    repair_invalid: bool = field(default=False, metadata=_help("repair invalid tag sequences (e.g. O I-PER) instead of failing"))
-    token_column: int = field(default=0, metadata=_help("CoNLL column holding the token"))
-    tag_column: int = field(default=-1, metadata=_help("CoNLL column holding the tag"))
-    case_markers: bool = field(default=False, metadata=_help("mark capitalised / all-caps words with extra tokens: gives an uncased encoder (e.g. minilm) the case it lowercases away"))
-    epochs: int = 3
-    batch_size: int = field(default=32, metadata=_help("windows per optimizer micro-step, per worker"))
-    grad_accum_steps: int = 1
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    max_length: int = field(default=128, metadata=_help("subword window length; longer sentences become overlapping windows"))
-    stride: int | None = field(default=None, metadata=_help("subword overlap between consecutive windows (default 32, or half the window where that is not shorter; saved with the model)"))
-    context_length: int = field(default=0, metadata=_help("document context: up to this many subwords of the sentence's own document on each side, read but not labelled (CoNLL files with -DOCSTART-; 0: off)"))
-    documents: str = field(default="markers", metadata=_help("where document context finds a CoNLL file's documents: markers (its -DOCSTART- lines) | datelines (the same where a file has them, else inferred from Reuters datelines, for CoNLL-2003 copies that lost their markers)"))
-    eval_batch_size: int = 64
-    max_steps: int | None = field(default=None, metadata=_help("stop after this many optimizer steps, overriding --epochs (HF's max_steps: the LR schedule ends there, and more epochs run if needed); evaluated and checkpointed where it stops"))
-    num_workers: int | str = field(default="auto", metadata=_help("Ray Train workers (data-parallel): a number, or auto: with --use-gpu one per GPU in the cluster, on CPU one per node using its cores"))
-    use_gpu: bool = False
-    cpus_per_worker: float | None = field(default=None, metadata=_help("CPUs reserved per worker, fractional allowed (default: each node's CPUs less --data-cpus, shared by the workers it holds)"))
-    data_cpus: float = field(default=0.5, metadata=_help("CPUs per node the default --cpus-per-worker leaves to Ray Data tasks: on a small machine, workers holding every core leave Ray Data's tasks waiting forever"))
-    worker_resources: str | dict[str, float] | None = field(default=None, metadata=_help("custom Ray resources per worker, NAME=AMOUNT[,...] (e.g. gpu_node=1): pins workers to the node types that declare them"))
-    torch_threads: int | None = field(default=None, metadata=_help("torch intra-op threads per worker (default: the worker's CPUs, rounded up)"))
-    mixed_precision: str = field(default="auto", metadata=_help("auto (bf16/fp16 on GPU, fp32 on CPU) | bf16 (GPU or CPU) | fp16 (GPU) | none"))
-    seed: int = 42
-    log_every: int = field(default=50, metadata=_help("print progress every N batches on rank 0 (0: never)"))
-    resume: bool = field(default=False, metadata=_help("continue the interrupted run in --output from its last checkpoint"))
-    max_failures: int = field(default=2, metadata=_help("worker failures tolerated; each restarts from the last checkpoint"))
+    train: str | None = field(default=None, metadata=option("labelled training data: CoNLL, Parquet or JSONL (tokens/tags); local or s3://", group=IO, essential=True))
+    dev: str | None = field(default=None, metadata=option("labelled dev data, scored each epoch to pick the best model", group=IO, essential=True))
+    output: str = field(default="outputs/train", metadata=option("output folder (local or s3://): model, report, metrics", group=IO, essential=True))
+    storage: str | None = field(default=None, metadata=option("this run's checkpoints: s3://... or a folder every node mounts (default: <output>/_ray; on a cluster of several nodes it must be s3:// or shared)", group=IO))
+    storage_shared: bool = field(default=False, metadata=option("the local --storage path is a shared mount (NFS, EFS) that every node sees at the same path", group=IO))
+    arch: str = field(default="encoder-decoder", metadata=option("encoder-decoder | encoder", group=MODEL, essential=True))
+    encoder: str = field(default="minilm", metadata=option("encoder name or folder ('minilm': the packaged all-MiniLM-L6-v2)", group=MODEL, essential=True))
+    decoder: str | None = field(default=None, metadata=option("decoder name or directory for encoder-decoder (default: the encoder)", group=MODEL))
+    init_from: str | None = field(default=None, metadata=option("a tagger saved by jobs.train (local folder) to fine-tune further instead of building one: its architecture, decoder attention, tokenizer and case markers are used, and --arch/--encoder/--decoder/--decoder-attention/--case-markers are not", group=MODEL))
+    new_head: bool = field(default=False, metadata=option("with --init-from: a new, untrained classifier for the training data's labels (transfer to another label set, e.g. CoNLL-2003 to WNUT-2017); without it the saved head is kept and its labels must be the data's", group=MODEL))
+    decoder_attention: str = field(default="bidirectional", metadata=option("encoder-decoder only: the decoder's self-attention, bidirectional | causal (HF's decoder as is)", group=MODEL))
+    head: str = field(default="linear", metadata=option("linear | crf (a CRF never outputs an invalid IOB2 sequence)", group=MODEL, essential=True))
+    scheme: str = field(default="IOB2", metadata=option("tag scheme of the input data: IOB1 | IOB2 | IOBES (converted to IOB2)", group=IO))
+    repair_invalid: bool = field(default=False, metadata=option("repair invalid tag sequences (e.g. O I-PER) instead of failing", group=IO))
+    token_column: int = field(default=0, metadata=option("CoNLL column holding the token", group=IO))
+    tag_column: int = field(default=-1, metadata=option("CoNLL column holding the tag", group=IO))
+    case_markers: bool = field(default=False, metadata=option("mark capitalised / all-caps words with extra tokens: gives an uncased encoder (e.g. minilm) the case it lowercases away", group=MODEL))
+    epochs: int = field(default=3, metadata=option("passes over the training data", group=TRAINING, essential=True))
+    batch_size: int = field(default=32, metadata=option("windows per optimizer micro-step, per worker", group=TRAINING, essential=True))
+    grad_accum_steps: int = field(default=1, metadata=option("micro-steps per optimizer step", group=TRAINING))
+    lr: float = field(default=5e-5, metadata=option("peak learning rate", group=TRAINING, essential=True))
+    weight_decay: float = field(default=0.01, metadata=option("AdamW weight decay", group=TRAINING))
+    warmup_ratio: float = field(default=0.1, metadata=option("share of the steps the learning rate warms up over", group=TRAINING))
+    max_grad_norm: float = field(default=1.0, metadata=option("gradient clipping norm", group=TRAINING))
+    max_length: int = field(default=128, metadata=option("subword window length; longer sentences become overlapping windows", group=MODEL))
+    stride: int | None = field(default=None, metadata=option("subword overlap between consecutive windows (default 32, or half the window where that is not shorter; saved with the model)", group=MODEL))
+    context_length: int = field(default=0, metadata=option("document context: up to this many subwords of the sentence's own document on each side, read but not labelled (CoNLL files with -DOCSTART-; 0: off)", group=MODEL))
+    documents: str = field(default="markers", metadata=option("where document context finds a CoNLL file's documents: markers (its -DOCSTART- lines) | datelines (the same where a file has them, else inferred from Reuters datelines, for CoNLL-2003 copies that lost their markers)", group=MODEL))
+    eval_batch_size: int = field(default=64, metadata=option("windows per forward pass when scoring the dev set", group=ADVANCED))
+    max_steps: int | None = field(default=None, metadata=option("stop after this many optimizer steps, overriding --epochs (HF's max_steps: the LR schedule ends there, and more epochs run if needed); evaluated and checkpointed where it stops", group=TRAINING))
+    num_workers: int | str = field(default="auto", metadata=option("training processes (data-parallel): N, or auto (one per GPU, or one per node on CPU)", group=RESOURCES, essential=True))
+    use_gpu: bool = field(default=False, metadata=option("train on GPUs, one worker per GPU", group=RESOURCES, essential=True))
+    cpus_per_worker: float | None = field(default=None, metadata=option("CPUs reserved per worker, fractional allowed (default: each node's CPUs less --data-cpus, shared by the workers it holds)", group=RESOURCES))
+    data_cpus: float = field(default=0.5, metadata=option("CPUs per node the default --cpus-per-worker leaves free for reading and preparing the data", group=RESOURCES))
+    worker_resources: str | dict[str, float] | None = field(default=None, metadata=option("custom Ray resources per worker, NAME=AMOUNT[,...] (e.g. gpu_node=1): pins workers to the node types that declare them", group=RESOURCES))
+    torch_threads: int | None = field(default=None, metadata=option("torch intra-op threads per worker (default: the worker's CPUs, rounded up)", group=RESOURCES))
+    mixed_precision: str = field(default="auto", metadata=option("auto (bf16/fp16 on GPU, fp32 on CPU) | bf16 | fp16 | none", group=MODEL, essential=True, metavar="MODE"))
+    seed: int = field(default=42, metadata=option("random seed (data order, initial weights)", group=TRAINING))
+    log_every: int = field(default=50, metadata=option("print progress every N batches on rank 0 (0: never)", group=ADVANCED))
+    resume: bool = field(default=False, metadata=option("continue the interrupted run in --output from its last checkpoint", group=IO, essential=True))
+    max_failures: int = field(default=2, metadata=option("worker failures tolerated; each restarts from the last checkpoint", group=ADVANCED))
     checkpoints_to_keep: int = 2
 
     def __post_init__(self):
@@ -638,7 +635,10 @@ def _require_context(data: dict, context_length: int, documents: str) -> None:
 
 def _read(cfg: TrainConfig, path: str):
     """Labelled rows of ``path``, materialized in file order (so windows and dev shares come out the same in every run)."""
-    ds = read_labelled(path, cfg.scheme, cfg.repair_invalid, cfg.token_column, cfg.tag_column, cfg.context_length, cfg.documents)
+    ds = read_labelled(
+        path, scheme=cfg.scheme, repair_invalid=cfg.repair_invalid, token_column=cfg.token_column, tag_column=cfg.tag_column,
+        context_words=cfg.context_length, documents=cfg.documents,
+    )  # fmt: skip
     ds.context.execution_options.preserve_order = True  # this dataset's own context, shared by those made from it
     return ds.materialize()
 

@@ -14,8 +14,10 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from ner_core.sample_data import make_sentences, make_texts, write_conll
-from pipelines.console import Stage, format_duration
+from pipelines.console import Stage, format_duration, format_rate
 
 # What the console must never show by default: Ray Data's executor state, Ray's INFO
 # logs, output forwarded from Ray workers and actors, and progress bars (tqdm's).
@@ -59,6 +61,7 @@ def _assert_clean(proc: subprocess.CompletedProcess) -> None:
 def test_progress_line_in_a_log_is_periodic_and_ends_with_the_final_state():
     out = io.StringIO()  # not a terminal: whole lines, never carriage returns
     stage = Stage("tagging", total=100, unit="rows", stream=out, log_every_s=0)
+    stage.started -= 10  # a stage 10 s in: long enough for a rate and an ETA
     stage.update(40)
     stage.update(40)  # nothing moved: no second identical line
     stage.update(add=60)
@@ -76,6 +79,20 @@ def test_progress_line_in_a_log_is_periodic_and_ends_with_the_final_state():
     assert [format_duration(s) for s in (5, 75, 3725)] == ["0:05", "1:15", "1:02:05"]
 
 
+def test_a_rate_is_shown_only_once_it_means_something():
+    # a stage that hears of 5 batches at once, a millisecond in, is not doing 5,000 a second
+    assert format_rate(5, 0.001, "batches") is None
+    assert format_rate(0, 30, "batches") is None
+    assert format_rate(5, 2.0, "batches") == "2.5 batches/s"
+    assert format_rate(20_000, 2.0, "rows") == "10,000 rows/s"
+    out = io.StringIO()
+    stage = Stage("epoch 1/3", total=5, unit="batches", stream=out, log_every_s=0)
+    stage.update(5)
+    stage.finish()
+    assert "/s" not in out.getvalue() and "ETA" not in out.getvalue()
+
+
+@pytest.mark.slow
 def test_tag_job_prints_plan_progress_and_the_manifest_numbers(ray_cluster, tiny_tagger, tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -106,6 +123,25 @@ def test_tag_job_prints_plan_progress_and_the_manifest_numbers(ray_cluster, tiny
     assert re.search(rf"^  manifest +{re.escape(str(out))}/_manifest.json", summary, re.M)
 
 
+@pytest.mark.slow
+def test_a_mistake_in_the_training_data_is_one_line_without_ray_advice(ray_cluster, tiny_dirs, tmp_path):
+    (tmp_path / "train.txt").write_text("EU B-ORG\nrejects O\ncall I-PER\n")
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    argv = [
+        "train", "--train", str(tmp_path / "train.txt"), "--output", str(tmp_path / "out"),
+        "--encoder", tiny_dirs["distilbert"], "--decoder", tiny_dirs["bert"], "--num-workers", "1",
+    ]  # fmt: skip
+    proc = subprocess.run([_ray_ner(), *argv], env=env, capture_output=True, text=True, timeout=300)
+    both = proc.stdout + proc.stderr
+    assert proc.returncode == 2, both[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "train.txt:3: invalid IOB2 sequence: I-PER" in lines[0], both[-3000:]
+    for advice in ("Failed to apply UDF transform", "To change retry attempts", "DataContext", "Traceback"):
+        assert advice not in both, both[-3000:]
+    _assert_clean(proc)
+
+
+@pytest.mark.slow
 def test_evaluate_command_writes_a_report_of_its_own_numbers(ray_cluster, tiny_tagger, tmp_path):
     write_conll(tmp_path / "dev.txt", make_sentences(12, seed=4))
     proc = _run(

@@ -267,6 +267,7 @@ def test_models_without_the_setting_load_linear(tiny_dirs, tmp_path, arch):
     assert tagger_head(reloaded) == "linear" and type(reloaded) is type(model)
 
 
+@pytest.mark.slow
 def test_onnx_engine_keeps_the_crf_head(tiny_dirs, tokenizer, tmp_path):
     """The ONNX session gives emissions only: the head comes from the files, and decodes the same."""
     from ner_core.crf import crf_of, load_crf

@@ -15,8 +15,11 @@ import sys
 from collections import Counter
 
 import pyarrow.dataset as pads
+import pytest
 
 from test_console import RAY_INTERNALS  # the same list of Ray internals the console tests check
+
+pytestmark = pytest.mark.slow  # the whole demo: trains, evaluates and tags
 
 
 def test_demo_runs_the_whole_loop_and_shows_the_output(ray_cluster, tmp_path):

@@ -33,6 +33,8 @@ from ner_core.sample_data import make_sentences, make_texts, write_conll
 
 from conftest import TrainingWorkerKiller, _free_port
 
+pytestmark = pytest.mark.slow  # a cluster of several Ray nodes
+
 WORKER = "worker_node"  # the custom resource only the second node has
 
 

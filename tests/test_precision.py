@@ -58,6 +58,7 @@ def test_bf16_inference_on_cpu_casts_the_weights_once_instead_of_autocasting(tin
     assert for_inference(model, "bf16", "cuda")[1] == torch.bfloat16  # GPUs keep autocast
 
 
+@pytest.mark.slow
 def test_bf16_weights_on_cpu_pad_batches_to_a_few_shapes_with_the_same_labels(tiny_dirs, tokenizer):
     # A bf16 actor's heap grew with every new batch length under exact padding (oneDNN keeps
     # kernels per shape); lengths rounded within octaves bound the shapes (fp32 stays exact).

@@ -17,6 +17,8 @@ import pytest
 
 from ner_core.sample_data import make_sentences, make_texts, to_conll
 
+pytestmark = pytest.mark.slow  # jobs submitted through Ray Jobs
+
 ROOT = Path(__file__).resolve().parents[1]
 EXCLUDES = [".venv", ".git", "runs", "outputs", "bench_out", "**/__pycache__", ".pytest_cache"]
 

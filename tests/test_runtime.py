@@ -42,6 +42,7 @@ def _padded_batch():
     return ids, mask
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["encoder-decoder", "encoder"])
 def test_onnx_runtimes_predict_what_torch_predicts(arch, tiny_tagger, tiny_encoder_tagger, onnx_cache):
     model_dir = tiny_tagger if arch == "encoder-decoder" else tiny_encoder_tagger
@@ -71,6 +72,7 @@ def test_onnx_runtimes_predict_what_torch_predicts(arch, tiny_tagger, tiny_encod
     assert Predictor(fp32, tokenizer, settings).predict_ids(docs) == Predictor(reference, tokenizer, settings).predict_ids(docs)
 
 
+@pytest.mark.slow
 def test_export_is_cached_and_redone_when_the_weights_change(tiny_encoder_tagger, tmp_path):
     model_dir, cache = tmp_path / "model", str(tmp_path / "cache")
     model = load_tagger(tiny_encoder_tagger)
@@ -102,6 +104,7 @@ def test_unknown_runtime_and_gpu_are_refused(tiny_encoder_tagger, onnx_cache):
         Predictor(load_runtime(tiny_encoder_tagger, "onnx", cache_dir=onnx_cache), load_tokenizer(tiny_encoder_tagger), device="cuda")
 
 
+@pytest.mark.slow
 def test_evaluate_scores_the_onnx_runtime_like_torch(ray_cluster, tiny_tagger, tmp_path):
     from jobs import evaluate as evaluate_job
     from ner_core.sample_data import make_sentences, write_conll
@@ -116,6 +119,7 @@ def test_evaluate_scores_the_onnx_runtime_like_torch(ray_cluster, tiny_tagger, t
     assert {k: scores["onnx"][k] for k in ("precision", "recall", "f1", "per_type")} == {k: scores["torch"][k] for k in ("precision", "recall", "f1", "per_type")}
 
 
+@pytest.mark.slow
 def test_tag_job_runs_int8_and_keeps_the_runtime_with_its_output(ray_cluster, tiny_tagger, tmp_path, capsys):
     from jobs import tag as tag_job
     from ner_core.sample_data import make_texts

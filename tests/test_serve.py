@@ -167,6 +167,7 @@ def _check_document(doc: dict, text: str | None = None) -> None:
         assert ent["text"] == (text[ent["start"] : ent["end"]] if text is not None else " ".join(doc["tokens"][ent["start"] : ent["end"]]))
 
 
+@pytest.mark.slow
 def test_health_and_model_identity(server, tiny_tagger):
     from pipelines.tag_model import model_identity
 
@@ -176,6 +177,7 @@ def test_health_and_model_identity(server, tiny_tagger):
     assert info["settings"]["max_length"] == 24 and info["batching"] == {"max_batch_size": 16, "batch_wait_ms": 50}
 
 
+@pytest.mark.slow
 def test_every_request_shape_over_http(server):
     status, out = _call(f"{server}/v1/tag", {"text": "Alice Smith flew to Paris."})
     assert status == 200 and len(out["documents"]) == 1
@@ -196,6 +198,7 @@ def test_every_request_shape_over_http(server):
         _check_document(doc)  # token indices [start, end)
 
 
+@pytest.mark.slow
 def test_min_score_of_a_request_overrides_the_default(server):
     texts = make_texts(8, seed=2)
     _, everything = _call(f"{server}/v1/tag", {"texts": texts})
@@ -205,6 +208,7 @@ def test_min_score_of_a_request_overrides_the_default(server):
         assert doc["entities"] == [] and set(doc["labels"]) <= {"O"}
 
 
+@pytest.mark.slow
 def test_bad_requests_get_a_4xx_naming_the_field_and_the_server_stays_up(server):
     cases = [
         (b"{not json", 400, None),
@@ -227,6 +231,7 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_the_server_stays_up(server)
     assert _call(f"{server}/v1/tag", {"text": "still here"})[0] == 200
 
 
+@pytest.mark.slow
 def test_a_document_that_breaks_the_model_fails_alone_over_http(server):
     texts = ["Bob went home.", "a lone surrogate \ud800 breaks the tokenizer", "Ann met Tom in Oslo."]
     status, out = _call(f"{server}/v1/tag", {"texts": texts})
@@ -236,6 +241,7 @@ def test_a_document_that_breaks_the_model_fails_alone_over_http(server):
     assert _call(f"{server}/healthz")[0] == 200  # one bad document is not a broken model
 
 
+@pytest.mark.slow
 def test_concurrent_requests_meet_in_one_batch(server):
     before = _call(f"{server}/v1/stats")[1]["batch_sizes"]
     start, results = threading.Barrier(12), []
@@ -256,6 +262,7 @@ def test_concurrent_requests_meet_in_one_batch(server):
     assert after["failed"] == 0 and after["latency_ms"]["p99"] > 0
 
 
+@pytest.mark.slow
 def test_same_labels_entities_and_scores_as_jobs_tag(server, tiny_tagger, tmp_path):
     from jobs import tag as tag_job
 

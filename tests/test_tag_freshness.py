@@ -32,6 +32,7 @@ def _tagged_labels(out: str, fs) -> set[str]:
     return {label for row in rows for label in row["labels"]}
 
 
+@pytest.mark.slow
 def test_a_retrained_model_uploaded_to_the_same_uri_is_used(ray_cluster, tiny_tagger, tiny_dirs, s3_bucket, tmp_path):
     from pipelines.storage import fsspec_filesystem
 
@@ -62,6 +63,7 @@ def _refusal(capsys, argv) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_resume_is_refused_when_anything_that_changes_labels_changed(ray_cluster, tiny_tagger, tiny_dirs, tmp_path, capsys):
     model = tmp_path / "model"
     shutil.copytree(tiny_tagger, model)

@@ -7,16 +7,18 @@ server (``s3_faults``), or, for the reader alone, a filesystem whose reads break
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+import pytest
 
 from jobs import tag as tag_job
 from pipelines import tag_input
-from pipelines.tag_input import ROW, SRC, FileReader, pack_files, read_files
+from pipelines.tag_input import ERROR, ROW, SRC, FileReader, pack_files, read_files, read_jsonl
 from pipelines.tag_store import source_key
 
 SMALL = ["--actors", "1", "--cpus-per-actor", "0.5", "--batch-size", "16", "--max-length", "24", "--stride", "6"]
@@ -50,6 +52,7 @@ def _input_part(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in ("tokens", "labels", "scores", "entities")}
 
 
+@pytest.mark.slow
 def test_fields_whose_type_varies_come_back_as_read(ray_cluster, tiny_tagger, tmp_path):
     rows = _write_corpus(tmp_path / "in")
     args = ["--model", tiny_tagger, "--input", str(tmp_path / "in"), "--rows-per-block", "2", *SMALL]
@@ -165,6 +168,7 @@ def test_small_files_share_read_tasks_and_blocks_but_are_reported_one_by_one(tmp
     assert reports.reads == {key: (path, i % 4) for i, (path, key, _) in enumerate(files)}  # empty files too
 
 
+@pytest.mark.slow
 def test_a_file_s3_keeps_dropping_is_reported_then_tagged_by_the_next_run(ray_cluster, tiny_tagger, s3_bucket, s3_faults, capsys):
     from pipelines.storage import fsspec_filesystem
 
@@ -208,6 +212,7 @@ def test_the_type_scan_gives_the_same_types_however_the_files_are_grouped(tmp_pa
     assert whole["id"] is None and whole["flag"] is not None  # str and int ids: JSON text
 
 
+@pytest.mark.slow
 def test_a_file_saved_with_a_byte_order_mark_reads_like_any_other(ray_cluster, tiny_tagger, tmp_path):
     # Windows editors and spreadsheet exports start a UTF-8 file with a byte-order mark
     import gzip
@@ -230,6 +235,7 @@ def test_a_file_saved_with_a_byte_order_mark_reads_like_any_other(ray_cluster, t
     assert sorted((r["id"], r["text"]) for r in got) == sorted((r["id"], r["text"]) for r in rows * 2)
 
 
+@pytest.mark.slow
 def test_a_gzip_file_cut_short_is_reported_at_once_as_damaged(ray_cluster, tiny_tagger, tmp_path):
     import gzip
 
@@ -279,3 +285,19 @@ def test_a_parquet_file_cut_short_is_read_once_while_a_dropped_read_is_retried(t
         reports = _Reports()
         assert _read_rows([source], reader, reports) == [] and not reports.reads
         assert fs.reads == reads and reports.failures[source[1]][1].startswith(reason), reports.failures
+
+
+def test_an_input_field_named_like_an_output_column_is_an_error_row():
+    # "labels" in the input would be overwritten by the tagger's labels; a pre-split "tokens"
+    # column is the one read, and is written back unchanged
+    lines = [
+        {"text": "Alice met Bob.", "labels": ["x"]},
+        {"text": "Bob met Alice."},
+        {"tokens": ["Bob", "left"]},
+    ]
+    fh = io.BytesIO("".join(json.dumps(r) + "\n" for r in lines).encode())
+    rows = [r for block, _ in read_jsonl(fh, "a.jsonl", 10, column="text") for r in block]
+    assert "'labels' clashes with an output column" in rows[0][ERROR] and rows[1][ERROR] is None
+    fh.seek(0)
+    rows = [r for block, _ in read_jsonl(fh, "a.jsonl", 10, column="tokens", pre_split=True) for r in block]
+    assert "'labels' clashes" in rows[0][ERROR] and rows[2][ERROR] is None

@@ -71,6 +71,7 @@ def _write_jsonl(path, lines: list[str | bytes]) -> None:
             fh.write((line if isinstance(line, bytes) else line.encode()) + b"\n")
 
 
+@pytest.mark.slow
 def test_raw_text_jsonl_tags_every_row_and_reports_bad_ones(ray_cluster, tiny_tagger, reference, tmp_path):
     texts = make_texts(60, seed=4) + [LONG_TEXT, "", "Café Zürich ☕ 東京 e\u0301te\u0301 zero\u200bwidth 👩‍👩‍👧"]
     good = [json.dumps({"id": i, "text": t, "meta": {"n": i}}, ensure_ascii=False) for i, t in enumerate(texts)]
@@ -116,6 +117,7 @@ def test_raw_text_jsonl_tags_every_row_and_reports_bad_ones(ray_cluster, tiny_ta
     assert not list(out.glob("_staging/*"))  # everything committed
 
 
+@pytest.mark.slow
 def test_pre_split_parquet_to_jsonl_gives_token_offsets(ray_cluster, tiny_tagger, reference, tmp_path):
     sentences = make_sentences(50, seed=9)
     tokens = [words for words, _ in sentences] + [LONG_TEXT.split(), None, ["ok", None]]
@@ -136,6 +138,7 @@ def test_pre_split_parquet_to_jsonl_gives_token_offsets(ray_cluster, tiny_tagger
     assert sorted((e["row"], e["reason"]) for e in errors) == [(51, "'tokens' is null"), (52, "'tokens'[1] is NoneType, expected a string")]
 
 
+@pytest.mark.slow
 def test_relative_paths_mean_the_folder_the_command_ran_in(ray_cluster, tiny_tagger, reference, tmp_path, monkeypatch):
     """``ray-ner tag --model runs/x --input docs.jsonl --output tagged`` from a user's own folder,
     while the Ray cluster's workers run in another one."""
@@ -151,6 +154,7 @@ def test_relative_paths_mean_the_folder_the_command_ran_in(ray_cluster, tiny_tag
     _check_rows(rows, reference)
 
 
+@pytest.mark.slow
 def test_s3_in_s3_out(ray_cluster, tiny_tagger, reference, s3_bucket, tmp_path):
     import s3fs
 
@@ -170,6 +174,7 @@ def test_s3_in_s3_out(ray_cluster, tiny_tagger, reference, s3_bucket, tmp_path):
     _check_rows(rows, reference)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_output(ray_cluster, tiny_tagger, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
@@ -212,6 +217,7 @@ def _committed_files(out) -> int:
     return sum(len(json.loads(p.read_text())["files"]) for p in (out / "_done").glob("*.json"))
 
 
+@pytest.mark.slow
 def test_many_small_files_killed_and_resumed_give_every_row_once(ray_cluster, tiny_tagger, reference, tmp_path):
     # A bucket of small files (0 to 3 rows each): they share read tasks and blocks, and are
     # committed many per pass, yet a kill -9 mid-run still loses nothing and repeats nothing.
@@ -247,6 +253,7 @@ def test_many_small_files_killed_and_resumed_give_every_row_once(ray_cluster, ti
     assert not (out / "_staging").exists() and not [p for p in out.rglob("*") if p.name.startswith(".tmp-")]
 
 
+@pytest.mark.slow
 def test_changed_settings_refuse_to_mix_into_existing_output(ray_cluster, tiny_tagger, tmp_path, capsys):
     (tmp_path / "in.jsonl").write_text(json.dumps({"text": "Alice met Bob in Paris."}) + "\n")
     base = ["--model", tiny_tagger, "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out"), *SMALL]
@@ -267,6 +274,7 @@ def test_changed_settings_refuse_to_mix_into_existing_output(ray_cluster, tiny_t
         (["--stride", "200"], "stride 200 is not shorter than the window (126 subwords of max_length 128)"),
     ],
 )
+@pytest.mark.slow
 def test_unrunnable_jobs_exit_2_with_one_line(ray_cluster, tiny_tagger, tmp_path, capsys, argv, message):
     (tmp_path / "in.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
     base = {"--model": tiny_tagger, "--input": str(tmp_path / "in.jsonl"), "--output": str(tmp_path / "out")}
@@ -280,6 +288,7 @@ def test_unrunnable_jobs_exit_2_with_one_line(ray_cluster, tiny_tagger, tmp_path
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "damage, message",
     [
@@ -367,20 +376,7 @@ def test_the_actor_loads_and_runs_the_model_on_one_thread_whichever_thread_calls
     assert forward_passes[0][0] not in {threading.get_ident(), *(c.ident for c in callers)}
 
 
-def test_cpu_actors_keep_a_bounded_kernel_cache_unless_the_environment_sets_one(monkeypatch):
-    # oneDNN keeps kernels (and their memory) per input shape: CPU actors keep a few, by precision
-    from pipelines.tag_config import TagConfig
-    from pipelines.tagging import _onednn_env
-
-    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
-    cache = lambda **settings: _onednn_env(TagConfig(model="m", input="in/", output="out/", **settings))  # noqa: E731
-    assert cache() == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16"}  # fp32, CPU's default
-    assert cache(mixed_precision="bf16") == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "256"}
-    assert cache(gpus_per_actor=1) == {}  # GPU actors: oneDNN's own default
-    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
-    assert cache(mixed_precision="bf16") == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"}
-
-
+@pytest.mark.slow
 def test_a_model_is_tagged_with_its_own_windows_and_temperature_and_scores_agree(ray_cluster, tiny_tagger, tmp_path):
     # a model trained with short windows (saved in inference.json) is tagged with them, and
     # jobs.tag writes exactly what the one predictor gives in-process: labels, entities, scores

@@ -13,6 +13,8 @@ from jobs.cli import ConfigError
 from ner_core import EncoderDecoderTagger
 from ner_core.sample_data import make_sentences, to_conll, write_conll
 
+pytestmark = pytest.mark.slow  # every test trains on the Ray cluster
+
 
 @pytest.fixture(scope="module")
 def conll_sample(tmp_path_factory):

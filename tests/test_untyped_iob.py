@@ -21,6 +21,8 @@ from ner_core.sample_data import make_sentences, write_conll
 from ner_core.tagger import load_tagger
 from ner_core.text import join_words
 
+pytestmark = pytest.mark.slow  # every test trains or tags on the Ray cluster
+
 
 def untyped(sentences):
     """The sample corpus with its types dropped: B-PER -> B, I-ORG -> I."""

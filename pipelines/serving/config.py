@@ -7,42 +7,37 @@ One dataclass for both: ``jobs.serve`` builds its flags from the fields (``jobs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
 from ner_core.precision import check_mixed_precision
 from ner_core.runtime import RUNTIMES, check_runtime
 from pipelines.cluster import parse_range, parse_resources
-
-
-def _help(text: str, **extra: Any) -> dict:
-    return {"help": text, **extra}
+from pipelines.options import ADVANCED, IO, MODEL, RESOURCES, option
 
 
 @dataclass
 class ServeConfig:
     """Every setting of ``ray-ner serve`` and its default."""
 
-    model: str | None = field(default=None, metadata=_help("trained model directory (local or s3://, copied once per node)"))
-    host: str = field(default="127.0.0.1", metadata=_help("address the HTTP server binds (0.0.0.0 exposes it to the network)"))
-    port: int = field(default=8000, metadata=_help("HTTP port"))
-    app_name: str = field(default="ray-ner", metadata=_help("Serve application name"))
-    replicas: str = field(default="1", metadata=_help("replicas: N, or MIN-MAX to autoscale on requests in flight"))
-    cpus_per_replica: float = field(default=1.0, metadata=_help("CPUs reserved per replica (fractional allowed)"))
-    gpus_per_replica: float = field(default=0.0, metadata=_help("GPUs per replica; fractional to share a GPU"))
-    resources_per_replica: str | dict[str, float] | None = field(default=None, metadata=_help("custom Ray resources per replica, NAME=AMOUNT[,...] (e.g. gpu_node=1)"))
-    torch_threads: int | None = field(default=None, metadata=_help("model threads per replica (default: its CPUs, at least 1)"))
+    model: str | None = field(default=None, metadata=option("trained model directory (local or s3://, copied once per node)", group=MODEL, essential=True))
+    host: str = field(default="127.0.0.1", metadata=option("address the HTTP server binds (0.0.0.0 exposes it to the network)", group=IO, essential=True))
+    port: int = field(default=8000, metadata=option("HTTP port", group=IO, essential=True))
+    app_name: str = field(default="ray-ner", metadata=option("Serve application name", group=ADVANCED))
+    replicas: str = field(default="1", metadata=option("model copies serving requests: N, or MIN-MAX to autoscale on requests in flight", group=RESOURCES, essential=True))
+    cpus_per_replica: float = field(default=1.0, metadata=option("CPUs per model copy", group=RESOURCES, essential=True))
+    gpus_per_replica: float = field(default=0.0, metadata=option("GPUs per model copy; fractional to share a GPU", group=RESOURCES, essential=True))
+    resources_per_replica: str | dict[str, float] | None = field(default=None, metadata=option("custom Ray resources per replica, NAME=AMOUNT[,...] (e.g. gpu_node=1)", group=RESOURCES))
+    torch_threads: int | None = field(default=None, metadata=option("model threads per replica (default: its CPUs, at least 1)", group=RESOURCES))
     # Documents, not requests: a request of 32 texts is 32 items of the batch.
-    max_batch_size: int = field(default=32, metadata=_help("documents per model call, at most (@serve.batch)"))
-    batch_wait_ms: float = field(default=5.0, metadata=_help("how long a model call waits for more documents before it starts"))
+    max_batch_size: int = field(default=32, metadata=option("documents per model call, at most", group=ADVANCED))
+    batch_wait_ms: float = field(default=5.0, metadata=option("how long a model call waits for more documents before it starts", group=ADVANCED))
     # Serve's default (5) would cap a replica's batch at 5 one-document requests.
-    max_ongoing_requests: int = field(default=64, metadata=_help("requests a replica takes at once; more wait in the proxy"))
-    mixed_precision: str = field(default="auto", metadata=_help("auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 (GPU) | none"))
-    runtime: str = field(default="torch", metadata=_help(f"model engine: {' | '.join(RUNTIMES)}"))
-    max_length: int | None = field(default=None, metadata=_help("subword window length (default: the model's own setting)"))
-    stride: int | None = field(default=None, metadata=_help("subword overlap between windows of long documents (default: the model's)"))
-    min_score: float | None = field(default=None, metadata=_help("drop entities scored under this (their tokens become O), as jobs.tag --min-score; a request's min_score overrides it (default: keep all)"))
-    max_chars: int = field(default=100_000, metadata=_help("characters per document, at most (longer: 413)"))
-    max_docs: int = field(default=256, metadata=_help("documents per request, at most (more: 413)"))
+    max_ongoing_requests: int = field(default=64, metadata=option("requests a model copy takes at once; more wait in the proxy", group=ADVANCED))
+    mixed_precision: str = field(default="auto", metadata=option("auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | none", group=MODEL, essential=True, metavar="MODE"))
+    runtime: str = field(default="torch", metadata=option(f"model engine: {' | '.join(RUNTIMES)}", group=MODEL, essential=True))
+    max_length: int | None = field(default=None, metadata=option("subword window length (default: the model's own setting)", group=MODEL))
+    stride: int | None = field(default=None, metadata=option("subword overlap between windows of long documents (default: the model's)", group=MODEL))
+    min_score: float | None = field(default=None, metadata=option("drop entities scored under this (0-1); a request's min_score overrides it", group=MODEL, essential=True))
+    max_chars: int = field(default=100_000, metadata=option("characters per document, at most (longer: 413)", group=IO))
+    max_docs: int = field(default=256, metadata=option("documents per request, at most (more: 413)", group=IO))
 
     def __post_init__(self):
         check_mixed_precision(self.mixed_precision)
