@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     from ner_core.search_space import load_search
     from pipelines.ray_env import init_ray
     from pipelines.training import TrainConfig
-    from pipelines.tuning import run_tune
+    from pipelines.tuning import SearchInterrupted, run_tune
 
     try:
         with explain():
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
                 load_search(cfg.search, TrainConfig)  # a bad search space is one line, before Ray starts
             init_ray()
             run_tune(cfg)
-    except InterruptedError as exc:
+    except SearchInterrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
         return 130
     return 0

@@ -36,6 +36,7 @@ from pipelines.storage import arrow_filesystem, fsspec_filesystem, is_s3, strip_
 from pipelines.training import TrainConfig, _help, _run_exists, run_training
 
 EXPERIMENT = "search"
+ENDED = "_ended"  # in a trial's output once Tune has ended it (not when Ctrl-C stopped it)
 METRIC = "dev_f1"
 TIME_ATTR = "epochs_done"
 # ASHA stops a trial once it reaches max_t: far above any run's epochs, so every trial
@@ -79,6 +80,10 @@ class SearchConfig(TrainConfig):
         return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
+class SearchInterrupted(Exception):
+    """Ctrl-C stopped the search; Tune saved it, and ``--resume`` finishes it."""
+
+
 # ----------------------------------------------------------------- layout
 
 
@@ -113,7 +118,7 @@ class _EpochReport(TuneReportCallback):
 def _trial(config: dict, *, base: TrainConfig, root: str) -> None:
     """One trial: the training job with the trial's settings, in its own output folder."""
     output = trial_output(root, tune.get_context().get_trial_id())
-    cfg = dataclasses.replace(base, **config, output=output, storage=None, storage_shared=base.storage_shared, resume=False)
+    cfg = dataclasses.replace(base, **config, output=output, storage=None, resume=False)
     cfg = dataclasses.replace(cfg, resume=_run_exists(cfg.run_dir))  # a trial cut off earlier: from its last checkpoint
     run_training(cfg, callbacks=[_EpochReport()])
 
@@ -170,7 +175,9 @@ class _TrialLines(tune.Callback):
         result = trial.last_result or {}
         analysis = (trial.metric_analysis or {}).get(METRIC, {})
         history = [{METRIC: analysis.get("max"), TIME_ATTR: result.get(TIME_ATTR)}] if result else []
-        echo(trial_line(_row(trial.trial_id, settings, history, trial_output(self.root, trial.trial_id), error)))
+        row = _row(trial.trial_id, settings, history, trial_output(self.root, trial.trial_id), error)
+        _write_text(row.output, ENDED, row.status)  # finished, stopped by ASHA or failed: not to be run again
+        echo(trial_line(row))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._line(trial)
@@ -194,7 +201,10 @@ def _tune_space(params: dict[str, Param]) -> dict[str, Any]:
 
 
 def _experiment_exists(root: str) -> bool:
-    path = _join(root, EXPERIMENT)
+    return _exists(_join(root, EXPERIMENT))
+
+
+def _exists(path: str) -> bool:
     fs = fsspec_filesystem(path)
     if is_s3(path):
         fs.invalidate_cache()
@@ -205,7 +215,7 @@ def _experiment_exists(root: str) -> bool:
 def _run_search(base: TrainConfig, *, root: str, param_space: dict, names: list[str], num_samples: int, scheduler, concurrent: int | None, trial_cpus: float, resume: bool) -> list[TrialRow]:
     """Run (or with ``resume`` restore and finish) the Tune experiment under ``root``; every trial's row.
 
-    Raises ``InterruptedError`` if the search was stopped (Ctrl-C) before every trial ended.
+    Raises ``SearchInterrupted`` if the search was stopped (Ctrl-C) before every trial ended.
     """
     where = root
     if _experiment_exists(root) and not resume:
@@ -224,14 +234,15 @@ def _run_search(base: TrainConfig, *, root: str, param_space: dict, names: list[
             run_config=tune.RunConfig(name=EXPERIMENT, **storage, verbose=0, callbacks=[_TrialLines(root, names)]),
         )
     results = tuner.fit()
+    # Tune marks the trials it stops at Ctrl-C terminated too: only the marker says a trial ended
+    ended = sum(1 for r in results if r.error or _exists(_join(trial_output(root, r.metrics["trial_id"]), ENDED)))
+    if ended < len(results):
+        raise SearchInterrupted(f"search stopped with {ended} trial(s) ended; run the same command with --resume to finish it")
     rows = []
     for result in results:
         history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
         trial_id = result.metrics["trial_id"]  # Tune sets it even for a trial that never reported
-        rows.append(_row(trial_id, {k: result.config.get(k) for k in names}, history, trial_output(root, trial_id), result.error))
-    ended = results.num_terminated + results.num_errors
-    if ended < len(results):
-        raise InterruptedError(f"search stopped with {ended} of {len(results)} trials ended; run the same command with --resume to finish it")
+        rows.append(_row(trial_id, {k: (result.config or {}).get(k) for k in names}, history, trial_output(root, trial_id), result.error))
     return rows
 
 
@@ -250,6 +261,7 @@ def _copy_model(source: str, dest: str, rename: dict[str, str] | None = None) ->
     src, dst = (strip_scheme(p) if is_s3(p) else p for p in (source, dest))
     dst_fs.makedirs(dst, exist_ok=True)
     names = [os.path.basename(i["name"].rstrip("/")) for i in src_fs.ls(src, detail=True) if i["type"] == "file"]
+    names = [n for n in names if n != ENDED]
     for name in sorted(names, key=lambda n: n == "metrics.json"):  # metrics.json last: "done"
         with src_fs.open(f"{src}/{name}", "rb") as fin, dst_fs.open(f"{dst}/{rename.get(name, name)}", "wb") as fout:
             fout.write(fin.read())
@@ -329,14 +341,14 @@ def run_tune(cfg: SearchConfig) -> dict:
 
 def run_seeds(cfg: TrainConfig) -> dict:
     """``ray-ner train --seeds K``: the same run with seeds seed..seed+K-1 as Tune trials (a grid,
-    no early stopping); the best seed's model goes to ``cfg.output`` and its metrics.json
+    no early stopping, as many at once as the workers' resources allow); the best seed's model goes to ``cfg.output`` and its metrics.json
     gains ``seeds``: the mean, std, min and max of the best dev F1 of every seed."""
     if not cfg.dev:
         raise ValueError("--seeds compares runs on dev F1: set --dev")
     seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
     root = search_root(cfg.output, None, default="_seeds")
     base = dataclasses.replace(cfg, seeds=1)
-    rows = _run_search(base, root=root, param_space={"seed": tune.grid_search(seeds)}, names=["seed"], num_samples=1, scheduler=None, concurrent=1, trial_cpus=0.01, resume=cfg.resume)
+    rows = _run_search(base, root=root, param_space={"seed": tune.grid_search(seeds)}, names=["seed"], num_samples=1, scheduler=None, concurrent=None, trial_cpus=0.01, resume=cfg.resume)
     best = _best(rows)
     failed = [r for r in rows if r.status != "finished"]
     if failed:
