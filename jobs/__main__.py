@@ -1,4 +1,4 @@
-"""``ray-ner train|tag|evaluate|serve|demo [flags]``: every job behind one installed command.
+"""``ray-ner train|tune|tag|evaluate|serve|demo [flags]``: every job behind one installed command.
 
 ``ray-ner train ...`` is ``python -m jobs.train ...`` (the same flags and ``--config``);
 ``ray-ner`` is installed by ``pip install`` (``[project.scripts]``), and
@@ -14,6 +14,7 @@ from jobs.cli import run_main
 
 JOBS = {
     "train": ("jobs.train", "fine-tune a tagger on Ray Train"),
+    "tune": ("jobs.tune", "search training settings with Ray Tune (ASHA on dev F1), keep the best model"),
     "tag": ("jobs.tag", "bulk-tag Parquet/JSONL with a trained tagger on Ray Data"),
     "evaluate": ("jobs.evaluate", "precision/recall/F1 (and --report) on labelled data"),
     "serve": ("jobs.serve", "the tagger behind an HTTP API on Ray Serve (POST /v1/tag)"),
@@ -22,7 +23,7 @@ JOBS = {
 
 
 def usage() -> str:
-    lines = ["usage: ray-ner {train,tag,evaluate,serve,demo} [flags]   (ray-ner JOB --help lists a job's flags)", ""]
+    lines = ["usage: ray-ner {train,tune,tag,evaluate,serve,demo} [flags]   (ray-ner JOB --help lists a job's flags)", ""]
     lines += [f"  {name:<9} {about}" for name, (_, about) in JOBS.items()]
     return "\n".join(lines)
 

@@ -4,6 +4,8 @@
 
 Prints the plan, one progress line per epoch with the dev scores under it, and a
 summary with the model, its report (``report.html``) and TensorBoard folder.
+``--seeds K`` trains K runs (seeds seed..seed+K-1), prints the spread of their dev F1
+and keeps the best seed's model.
 """
 
 from __future__ import annotations
@@ -25,8 +27,14 @@ def main(argv: list[str] | None = None) -> int:
         workers = plan_workers(cfg)
         cfg = workers.apply(cfg)
         training_plan(cfg, workers)
-        summary = run_training(cfg)
-    training_summary(cfg, summary, tensorboard_dir(cfg.output))
+        if cfg.seeds > 1:
+            from pipelines.tuning import run_seeds, seeds_summary
+
+            summary = run_seeds(cfg)
+            seeds_summary(summary)
+        else:
+            summary = run_training(cfg)
+    training_summary(cfg, summary, tensorboard_dir(cfg.output) if cfg.seeds == 1 else None)
     return 0
 
 

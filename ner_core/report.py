@@ -324,3 +324,36 @@ def write_report(directory: str, page: str, name: str = "report.html") -> str:
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(page)
     return path
+
+
+def search_report(summary: dict, *, search: str = "", output: str = "") -> str:
+    """The page for one ``ray-ner tune`` search: dev F1 per trial and epoch, and the trials' table."""
+    trials = summary["trials"]
+    epochs = max((len(t["dev_f1"]) for t in trials), default=0)
+    x = list(range(1, epochs + 1))
+    series = {t["trial"]: [*t["dev_f1"], *[None] * (epochs - len(t["dev_f1"]))] for t in trials}
+    best = summary["best_trial"]
+    cards = [
+        ("best dev F1", _fmt(summary.get("best_dev_f1"))),
+        ("best trial", best),
+        ("trials", f"{len(trials)}"),
+        ("wall time", f"{summary.get('wall_time_s', 0):,.0f} s"),
+    ]
+    chart = line_chart(x, series, title="Dev F1 per trial and epoch", y_range=(0.0, 1.0), width=640, height=320)
+    names = list(trials[0]["settings"]) if trials else []
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    rows = [f'<table class="trials"><tr><th class="name">trial</th>{head}<th>best dev F1</th><th>epochs</th><th>status</th></tr>']
+    for t in sorted(trials, key=lambda t: -(t["best_dev_f1"] or -1)):
+        cells = "".join(f"<td>{html.escape(f'{v:.3g}' if isinstance(v, float) else str(v))}</td>" for v in t["settings"].values())
+        mark = " (best)" if t["trial"] == best else ""
+        rows.append(
+            f'<tr data-trial="{html.escape(t["trial"])}"><td class="name">{html.escape(t["trial"] + mark)}</td>{cells}'
+            f'<td>{_fmt(t["best_dev_f1"])}</td><td>{t["epochs"]}</td><td>{html.escape(t["status"])}</td></tr>'
+        )
+    rows.append("</table>")
+    note = (
+        '<p class="note">ASHA stopped the <i>stopped</i> trials early on their dev F1; the best <i>finished</i> trial\'s model '
+        'is the output (its own training report: <a href="train_report.html">train_report.html</a>).</p>'
+    )
+    body = [_cards(cards), "<h2>Dev F1</h2>", f'<div class="charts"><div class="chart">{chart}</div></div>', "<h2>Trials</h2>", "".join(rows), note]
+    return _page("ray-ner search report", f"search {search}; output {output}", "".join(body))

@@ -111,6 +111,7 @@ class TrainConfig:
     torch_threads: int | None = field(default=None, metadata=option("torch intra-op threads per worker (default: the worker's CPUs, rounded up)", group=RESOURCES))
     mixed_precision: str = field(default="auto", metadata=option("auto (bf16/fp16 on GPU, fp32 on CPU) | bf16 | fp16 | none", group=MODEL, essential=True, metavar="MODE"))
     seed: int = field(default=42, metadata=option("random seed (data order, initial weights)", group=TRAINING))
+    seeds: int = field(default=1, metadata=option("train this many runs, with seeds seed..seed+K-1, and report the mean and spread of their dev F1; the model saved is the best seed's", group=TRAINING))
     log_every: int = field(default=50, metadata=option("print progress every N batches on rank 0 (0: never)", group=ADVANCED))
     resume: bool = field(default=False, metadata=option("continue the interrupted run in --output from its last checkpoint", group=IO, essential=True))
     max_failures: int = field(default=2, metadata=option("worker failures tolerated; each restarts from the last checkpoint", group=ADVANCED))
@@ -137,7 +138,7 @@ class TrainConfig:
                 self.num_workers = int(self.num_workers)  # a flag's text
             except ValueError:
                 raise ValueError(f"num_workers must be a number or auto, got {self.num_workers!r}") from None
-        for name in ("epochs", "batch_size", "grad_accum_steps", "max_length", "eval_batch_size", "num_workers", "torch_threads", "max_steps"):
+        for name in ("epochs", "seeds", "batch_size", "grad_accum_steps", "max_length", "eval_batch_size", "num_workers", "torch_threads", "max_steps"):
             value = getattr(self, name)
             if value is not None and value != "auto" and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -643,8 +644,12 @@ def _read(cfg: TrainConfig, path: str):
     return ds.materialize()
 
 
-def run_training(cfg: TrainConfig) -> dict:
-    """Train, select the best epoch by dev F1, write the output directory; returns the summary."""
+def run_training(cfg: TrainConfig, *, callbacks: list | None = None) -> dict:
+    """Train, select the best epoch by dev F1, write the output directory; returns the summary.
+
+    ``callbacks``: more of Ray Train's ``UserCallback`` for the run's ``RunConfig``, such as
+    Tune's ``TuneReportCallback`` when a search trial (``pipelines.tuning``) runs it.
+    """
     started = time.perf_counter()
     if not cfg.train:
         raise ValueError("no training data: set --train")
@@ -711,6 +716,7 @@ def run_training(cfg: TrainConfig) -> dict:
             **_storage_args(cfg.run_dir),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep, checkpoint_score_attribute="score", checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
+            callbacks=list(callbacks or []),
         ),
     )
     with monitor:
