@@ -32,9 +32,11 @@ def _jobs() -> list[tuple[str, str, type]]:
     from pipelines.serving.config import ServeConfig
     from pipelines.tag_config import TagConfig
     from pipelines.training import TrainConfig
+    from pipelines.tuning import SearchConfig
 
     return [
         ("train", "pipelines/training.py", TrainConfig),
+        ("tune", "pipelines/tuning.py", SearchConfig),
         ("evaluate", "pipelines/evaluation.py", EvaluateConfig),
         ("tag", "pipelines/tag_config.py", TagConfig),
         ("serve", "pipelines/serving/config.py", ServeConfig),
@@ -71,19 +73,29 @@ def _cell(text: str) -> str:
 
 def job_table(cls: type) -> str:
     hints = typing.get_type_hints(cls)
+    # a job built on another's settings (tune on train) lists only what it adds or changes
+    base = next((b for b in cls.__mro__[1:] if dataclasses.is_dataclass(b)), None)
+    inherited = {f.name: f for f in dataclasses.fields(base)} if base else {}
     lines = ["| flag / YAML key | type | default | what it does |", "| --- | --- | --- | --- |"]
     for f in dataclasses.fields(cls):
         if f.metadata.get("cli") is False:
+            continue
+        if f.name in inherited and (inherited[f.name].default, inherited[f.name].metadata) == (f.default, f.metadata):
             continue
         key = f"`{_flag(f)}` / `{f.name}`"
         lines.append(f"| {key} | {_type_name(hints[f.name])} | {_default(f)} | {_cell(f.metadata.get('help', ''))} |")
     return "\n".join(lines)
 
 
+_JOB_OF = {"TrainConfig": "train"}
+
+
 def render() -> str:
     parts = [HEADER]
     for job, source, cls in _jobs():
-        parts.append(f"## `ray-ner {job}`\n\n`{cls.__name__}` in [{source}](../{source}).\n\n{job_table(cls)}\n")
+        base = next((b for b in cls.__mro__[1:] if dataclasses.is_dataclass(b)), None)
+        also = f" Every `ray-ner {_JOB_OF[base.__name__]}` setting too (the base of every trial); below, what it adds or changes." if base else ""
+        parts.append(f"## `ray-ner {job}`\n\n`{cls.__name__}` in [{source}](../{source}).{also}\n\n{job_table(cls)}\n")
     return "\n".join(parts)
 
 

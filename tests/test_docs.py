@@ -76,14 +76,12 @@ def _job_commands(text: str):
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_commands_in_the_docs_use_flags_their_job_has(doc):
-    """A renamed or removed flag fails here; ``ray-ner tune`` is documented ahead of its code and skipped."""
+    """A renamed or removed flag fails here."""
     from jobs.__main__ import JOBS
     from jobs.cli import build_parser
 
     unknown = []
     for job, flags in _job_commands(doc.read_text(encoding="utf-8")):
-        if job == "tune":
-            continue
         assert job in JOBS, f"{doc.name}: unknown job {job!r}"
         main = __import__(JOBS[job][0], fromlist=["main"])
         cls = next(v for k, v in vars(main).items() if k.endswith("Config") and isinstance(v, type) and v.__module__ != "jobs.cli")
