@@ -32,7 +32,7 @@ from ner_core.calibration import entity_calibration
 from ner_core.decoding import Decoded
 from ner_core.labels import entity_spans
 from ner_core.metrics import evaluate_tags
-from ner_core.report import evaluation_report, training_report, write_report
+from ner_core.report import evaluation_report, search_report, training_report, write_report
 from ner_core.sample_data import make_sentences
 
 CHROMIUM = next(filter(None, (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome"))), None)
@@ -117,13 +117,25 @@ def _evaluation_metrics() -> dict:
     return metrics
 
 
+def _search_summary() -> dict:
+    """What ``ray-ner tune`` hands the page: four trials as Tune names them, one stopped by ASHA after an epoch."""
+    f1 = {"a1b2c_00000": [0.71, 0.84, 0.88], "a1b2c_00001": [0.64, 0.79, 0.86], "a1b2c_00002": [0.52], "a1b2c_00003": [0.69, 0.83, 0.91]}
+    trials = [
+        {"trial": t, "settings": {"lr": 1e-4 * (i + 1), "seed": i % 3 + 1}, "best_dev_f1": max(v), "epochs": len(v),
+         "status": "stopped" if len(v) == 1 else "finished", "dev_f1": v, "output": f"runs/search/_tune/trials/{t}", "error": ""}
+        for i, (t, v) in enumerate(f1.items())
+    ]  # fmt: skip
+    return {"best_trial": "a1b2c_00003", "best_dev_f1": 0.91, "best_settings": trials[3]["settings"], "trials": trials, "wall_time_s": 812.0}
+
+
 PAGES = {
     "training": lambda: training_report(_training_summary(dev=True), "runs/model"),
     "training without dev": lambda: training_report(_training_summary(dev=False), "runs/model"),
     "evaluation": lambda: evaluation_report(_evaluation_metrics()),
+    "search": lambda: search_report(_search_summary(), search="lr loguniform(0.0001, 0.003), seed in {1, 2, 3}", output="runs/search"),
 }
 # how many plots each page draws, so that a page losing one fails here too
-PLOTS = {"training": 3, "training without dev": 1, "evaluation": 1}
+PLOTS = {"training": 3, "training without dev": 1, "evaluation": 1, "search": 1}
 
 
 # -- Chromium over the DevTools protocol -----------------------------------------------------------
