@@ -20,17 +20,14 @@ from pipelines.tuning import SearchConfig
 def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(SearchConfig, argv, "Search training settings with Ray Tune (ASHA on dev F1); keeps the best trial's model.")
     from jobs.errors import explain
-    from ner_core.search_space import load_search
     from pipelines.ray_env import init_ray
-    from pipelines.training import TrainConfig
-    from pipelines.tuning import SearchInterrupted, run_tune
+    from pipelines.tuning import SearchInterrupted, run_tune, search_space
 
     try:
         with explain():
-            if cfg.search:
-                load_search(cfg.search, TrainConfig)  # a bad search space is one line, before Ray starts
+            params = search_space(cfg)  # a bad search space is one line, before Ray starts
             init_ray()
-            run_tune(cfg)
+            run_tune(cfg, params)
     except SearchInterrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
         return 130

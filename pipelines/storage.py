@@ -42,6 +42,19 @@ def arrow_filesystem(path: str) -> pafs.FileSystem | None:
     return None
 
 
+def join_path(root: str, *parts: str) -> str:
+    """``root/part/...`` for a local folder or an s3:// prefix."""
+    return "/".join([root.rstrip("/"), *parts]) if is_s3(root) else os.path.join(root, *parts)
+
+
+def path_exists(path: str) -> bool:
+    """Whether ``path`` (local or s3://) exists now: S3's listing cache is dropped first, since
+    another process (a training worker, a Tune trial) may have written since it was filled."""
+    fs = fsspec_filesystem(path)
+    fs.invalidate_cache()
+    return bool(fs.exists(strip_scheme(path)))
+
+
 def strip_scheme(path: str) -> str:
     """``s3://bucket/key`` -> ``bucket/key`` (what a PyFileSystem over s3fs expects)."""
     for prefix in ("s3://", "s3a://"):

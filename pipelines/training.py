@@ -56,7 +56,7 @@ from pipelines.options import ADVANCED, IO, MODEL, RESOURCES, TRAINING, option
 from pipelines.labelled_data import collect_labels, encode_for_training, read_labelled, rows_with_context
 from pipelines.progress import Reporter
 from pipelines.train_batches import Batch, length_grouped_batches
-from pipelines.storage import arrow_filesystem, fsspec_filesystem, is_s3, strip_scheme
+from pipelines.storage import arrow_filesystem, fsspec_filesystem, is_s3, join_path, path_exists, strip_scheme
 
 RUN_NAME = "train"
 TRAIN_STRIDE = 32  # the default overlap of training windows
@@ -613,11 +613,7 @@ def _storage_args(run_dir: str) -> dict:
 
 
 def _run_exists(run_dir: str) -> bool:
-    if is_s3(run_dir):
-        fs = fsspec_filesystem(run_dir)
-        fs.invalidate_cache()  # a run started in this process may have written since the last listing
-        return bool(fs.exists(f"{strip_scheme(run_dir)}/{RUN_NAME}"))
-    return os.path.exists(os.path.join(run_dir, RUN_NAME))
+    return path_exists(join_path(run_dir, RUN_NAME))
 
 
 def _require_context(data: dict, context_length: int, documents: str) -> None:

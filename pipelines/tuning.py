@@ -23,18 +23,20 @@ import dataclasses
 import io
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
 
 from ner_core.report import search_report
 from ner_core.search_space import Param, describe, load_search, spread
 from pipelines.console import echo, format_duration, print_plan, print_summary
-from pipelines.storage import arrow_filesystem, fsspec_filesystem, is_s3, strip_scheme
 from pipelines.options import IO, RESOURCES, TRAINING, option
-from pipelines.training import TrainConfig, _run_exists, run_training
+from pipelines.storage import fsspec_filesystem, is_s3, join_path, path_exists, strip_scheme
+from pipelines.training import TrainConfig, _run_exists, _storage_args, resolve_models, run_training
 
 EXPERIMENT = "search"
 ENDED = "_ended"  # in a trial's output once Tune has ended it (not when Ctrl-C stopped it)
@@ -88,19 +90,15 @@ class SearchInterrupted(Exception):
 # ----------------------------------------------------------------- layout
 
 
-def _join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts]) if is_s3(root) else os.path.join(root, *parts)
-
-
 def search_root(output: str, storage: str | None, default: str = "_tune") -> str:
     """Where the experiment and the trials live: ``--storage``, else ``<output>/_tune``."""
     if storage:
         return storage.rstrip("/") if is_s3(storage) else os.path.abspath(storage)
-    return _join(output if is_s3(output) else os.path.abspath(output), default)
+    return join_path(output if is_s3(output) else os.path.abspath(output), default)
 
 
 def trial_output(root: str, trial_id: str) -> str:
-    return _join(root, "trials", trial_id)
+    return join_path(root, "trials", trial_id)
 
 
 # ----------------------------------------------------------------- trial side
@@ -149,7 +147,7 @@ def _row(trial_id: str, settings: dict, history: list[dict], output: str, error:
         if h.get(TIME_ATTR):
             per_epoch[int(h[TIME_ATTR]) - 1] = h.get(METRIC)
     seen = [v for v in f1 if v is not None]
-    finished = fsspec_filesystem(output).exists(_join(strip_scheme(output) if is_s3(output) else output, "metrics.json"))
+    finished = path_exists(join_path(output, "metrics.json"))
     status = "error" if error else "finished" if finished else "stopped"
     message = " ".join(str(error).split())[:300] if error else ""
     return TrialRow(trial_id, settings, max(seen) if seen else None, epochs, status, per_epoch, output, message)
@@ -201,32 +199,20 @@ def _tune_space(params: dict[str, Param]) -> dict[str, Any]:
     return space
 
 
-def _experiment_exists(root: str) -> bool:
-    return _exists(_join(root, EXPERIMENT))
-
-
-def _exists(path: str) -> bool:
-    fs = fsspec_filesystem(path)
-    if is_s3(path):
-        fs.invalidate_cache()
-        path = strip_scheme(path)
-    return bool(fs.exists(path))
-
-
 def _run_search(base: TrainConfig, *, root: str, param_space: dict, names: list[str], num_samples: int, scheduler, concurrent: int | None, trial_cpus: float, resume: bool) -> list[TrialRow]:
     """Run (or with ``resume`` restore and finish) the Tune experiment under ``root``; every trial's row.
 
     Raises ``SearchInterrupted`` if the search was stopped (Ctrl-C) before every trial ended.
     """
-    where = root
-    if _experiment_exists(root) and not resume:
-        raise FileExistsError(f"{where} holds an earlier search: pass --resume to continue it, or choose another --output")
-    if resume and not _experiment_exists(root):
-        raise FileNotFoundError(f"--resume: no earlier search in {where}")
+    experiment = join_path(root, EXPERIMENT)
+    if path_exists(experiment) and not resume:
+        raise FileExistsError(f"{root} holds an earlier search: pass --resume to continue it, or choose another --output")
+    if resume and not path_exists(experiment):
+        raise FileNotFoundError(f"--resume: no earlier search in {root}")
     trainable = tune.with_resources(tune.with_parameters(_trial, base=base, root=root), {"cpu": trial_cpus})
-    storage = {"storage_path": strip_scheme(root) if is_s3(root) else root, "storage_filesystem": arrow_filesystem(root)}
+    storage = _storage_args(root)  # S3 through the project's s3fs, as training's checkpoints
     if resume:
-        tuner = tune.Tuner.restore(_join(strip_scheme(root) if is_s3(root) else root, EXPERIMENT), trainable, resume_unfinished=True, resume_errored=False, storage_filesystem=storage["storage_filesystem"])
+        tuner = tune.Tuner.restore(strip_scheme(experiment), trainable, resume_unfinished=True, resume_errored=False, storage_filesystem=storage.get("storage_filesystem"))
     else:
         tuner = tune.Tuner(
             trainable,
@@ -236,7 +222,7 @@ def _run_search(base: TrainConfig, *, root: str, param_space: dict, names: list[
         )
     results = tuner.fit()
     # Tune marks the trials it stops at Ctrl-C terminated too: only the marker says a trial ended
-    ended = sum(1 for r in results if r.error or _exists(_join(trial_output(root, r.metrics["trial_id"]), ENDED)))
+    ended = sum(1 for r in results if r.error or path_exists(join_path(trial_output(root, r.metrics["trial_id"]), ENDED)))
     if ended < len(results):
         raise SearchInterrupted(f"search stopped with {ended} trial(s) ended; run the same command with --resume to finish it")
     rows = []
@@ -259,7 +245,7 @@ def _copy_model(source: str, dest: str, rename: dict[str, str] | None = None) ->
     """The files of a trial's output (not its ``_ray`` run or TensorBoard folders) into ``dest``."""
     rename = rename or {}
     src_fs, dst_fs = fsspec_filesystem(source), fsspec_filesystem(dest)
-    src, dst = (strip_scheme(p) if is_s3(p) else p for p in (source, dest))
+    src, dst = strip_scheme(source), strip_scheme(dest)
     dst_fs.makedirs(dst, exist_ok=True)
     names = [os.path.basename(i["name"].rstrip("/")) for i in src_fs.ls(src, detail=True) if i["type"] == "file"]
     names = [n for n in names if n != ENDED]
@@ -270,14 +256,14 @@ def _copy_model(source: str, dest: str, rename: dict[str, str] | None = None) ->
 
 def _write_text(dest_dir: str, name: str, text: str) -> None:
     fs = fsspec_filesystem(dest_dir)
-    path = strip_scheme(dest_dir) if is_s3(dest_dir) else dest_dir
+    path = strip_scheme(dest_dir)
     fs.makedirs(path, exist_ok=True)
     with fs.open(f"{path}/{name}", "w") as fh:
         fh.write(text)
 
 
 def _read_json(path: str) -> dict:
-    with fsspec_filesystem(path).open(strip_scheme(path) if is_s3(path) else path) as fh:
+    with fsspec_filesystem(path).open(strip_scheme(path)) as fh:
         return json.load(fh)
 
 
@@ -291,10 +277,8 @@ def trials_csv(rows: list[TrialRow], names: list[str]) -> str:
     return out.getvalue()
 
 
-def run_tune(cfg: SearchConfig) -> dict:
-    """The whole search: plan, trials, then trials.csv, report.html and the best model in ``cfg.output``."""
-    from pipelines.training import resolve_models
-
+def search_space(cfg: SearchConfig) -> dict[str, Param]:
+    """The search's checked space (no Ray needed, so a mistake is one line before Ray starts)."""
     if not cfg.search:
         raise ValueError("no search space: set --search SEARCH.yaml")
     if not cfg.dev:
@@ -302,11 +286,15 @@ def run_tune(cfg: SearchConfig) -> dict:
     params = load_search(cfg.search, TrainConfig)
     if not cfg.train:
         raise ValueError("no training data: set --train")
+    return params
+
+
+def run_tune(cfg: SearchConfig, params: dict[str, Param]) -> dict:
+    """The whole search over ``params`` (``search_space``): plan, trials, then trials.csv,
+    report.html and the best model in ``cfg.output``."""
     base = resolve_models(cfg.train_settings())
     root = search_root(cfg.output, cfg.storage)
     names = list(params)
-    from ray.tune.schedulers import ASHAScheduler
-
     scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=ASHA_MAX_T, grace_period=cfg.grace_epochs, reduction_factor=cfg.reduction_factor)
     length = f"{base.max_steps:,} steps" if base.max_steps else f"{base.epochs} epochs"
     print_plan(
@@ -318,8 +306,6 @@ def run_tune(cfg: SearchConfig) -> dict:
             ("output", f"{cfg.output}  (experiment and trials: {root})"),
         ],
     )  # fmt: skip
-    import time
-
     started = time.perf_counter()
     rows = _run_search(base, root=root, param_space=_tune_space(params), names=names, num_samples=cfg.trials, scheduler=scheduler, concurrent=cfg.concurrent, trial_cpus=cfg.trial_cpus, resume=cfg.resume)
     best = _best(rows)
@@ -355,7 +341,7 @@ def run_seeds(cfg: TrainConfig) -> dict:
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(rows)} seeds did not finish: " + "; ".join(f"seed {r.settings['seed']}: {r.error or r.status}" for r in failed))
     _copy_model(best.output, cfg.output)
-    summary = _read_json(_join(best.output, "metrics.json"))
+    summary = _read_json(join_path(best.output, "metrics.json"))
     summary["seeds"] = {
         "dev_f1": spread([r.best_dev_f1 for r in rows]),
         "runs": [{"seed": r.settings["seed"], "best_dev_f1": r.best_dev_f1, "epochs": r.epochs, "output": r.output} for r in rows],
