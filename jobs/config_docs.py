@@ -71,10 +71,15 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("<", "\\<").replace("\n", " ")
 
 
+def _base(cls: type) -> type | None:
+    """The settings class a job's settings extend (tune's extend train's), if any."""
+    return next((b for b in cls.__mro__[1:] if dataclasses.is_dataclass(b)), None)
+
+
 def job_table(cls: type) -> str:
     hints = typing.get_type_hints(cls)
-    # a job built on another's settings (tune on train) lists only what it adds or changes
-    base = next((b for b in cls.__mro__[1:] if dataclasses.is_dataclass(b)), None)
+    # a job built on another's settings lists only what it adds or changes
+    base = _base(cls)
     inherited = {f.name: f for f in dataclasses.fields(base)} if base else {}
     lines = ["| flag / YAML key | type | default | what it does |", "| --- | --- | --- | --- |"]
     for f in dataclasses.fields(cls):
@@ -87,14 +92,13 @@ def job_table(cls: type) -> str:
     return "\n".join(lines)
 
 
-_JOB_OF = {"TrainConfig": "train"}
-
-
 def render() -> str:
     parts = [HEADER]
-    for job, source, cls in _jobs():
-        base = next((b for b in cls.__mro__[1:] if dataclasses.is_dataclass(b)), None)
-        also = f" Every `ray-ner {_JOB_OF[base.__name__]}` setting too (the base of every trial); below, what it adds or changes." if base else ""
+    jobs = _jobs()
+    job_of = {cls: job for job, _, cls in jobs}
+    for job, source, cls in jobs:
+        base = _base(cls)
+        also = f" Every `ray-ner {job_of[base]}` setting too (the base of every trial); below, what it adds or changes." if base else ""
         parts.append(f"## `ray-ner {job}`\n\n`{cls.__name__}` in [{source}](../{source}).{also}\n\n{job_table(cls)}\n")
     return "\n".join(parts)
 
