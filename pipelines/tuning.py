@@ -33,7 +33,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from ner_core.report import search_report
 from ner_core.search_space import Param, describe, load_search, spread
-from pipelines.console import echo, format_duration, print_plan, print_summary
+from pipelines.console import echo, format_duration, print_plan, print_summary, verbose
 from pipelines.options import IO, RESOURCES, TRAINING, option
 from pipelines.storage import fsspec_filesystem, is_s3, join_path, path_exists, strip_scheme
 from pipelines.training import TrainConfig, _run_exists, _storage_args, resolve_models, run_training
@@ -220,6 +220,10 @@ def _run_search(base: TrainConfig, *, root: str, param_space: dict, names: list[
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler, num_samples=num_samples, max_concurrent_trials=concurrent),
             run_config=tune.RunConfig(name=EXPERIMENT, **storage, verbose=0, callbacks=[_TrialLines(root, names)]),
         )
+    if not verbose():
+        # Tune's newer console output prints its experiment box even at verbose=0; the
+        # older engine honours it, and our plan and per-trial lines say the same
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     results = tuner.fit()
     # Tune marks the trials it stops at Ctrl-C terminated too: only the marker says a trial ended
     ended = sum(1 for r in results if r.error or path_exists(join_path(trial_output(root, r.metrics["trial_id"]), ENDED)))

@@ -121,6 +121,7 @@ def test_first_run_prints_a_plan_and_one_line_per_trial(searched):
     assert any(line.startswith("ray-ner tune: 4 trials of ray-ner train") for line in lines)
     ended = [line for line in lines if line.lstrip().startswith("trial ")]
     assert len(ended) >= 1 and all("best dev F1" in line and "lr " in line and "seed " in line for line in ended)
+    assert not any("Configuration for experiment" in line or "View detailed results" in line for line in lines)  # Tune's own box
 
 
 @pytest.mark.parametrize(
