@@ -55,6 +55,7 @@ from pipelines.job_console import TrainingMonitor, tensorboard_dir
 from pipelines.options import ADVANCED, IO, MODEL, RESOURCES, TRAINING, option
 from pipelines.labelled_data import collect_labels, encode_for_training, read_labelled, rows_with_context
 from pipelines.progress import Reporter
+from pipelines import train_worker
 from pipelines.train_batches import Batch, length_grouped_batches
 from pipelines.storage import arrow_filesystem, fsspec_filesystem, is_s3, join_path, path_exists, strip_scheme
 
@@ -272,7 +273,7 @@ class TrainPlan:
 
 @dataclass
 class _Worker:
-    """One rank's training state, shared by the steps of ``train_loop_per_worker``."""
+    """One rank's training state, shared by the steps of ``train_loop``."""
 
     plan: TrainPlan
     rank: int
@@ -290,10 +291,9 @@ class _Worker:
     history: list[dict] = field(default_factory=list)
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """Every rank: build the tagger, restore the last checkpoint, then per epoch train on this
-    rank's shard, score dev, and checkpoint, until ``--epochs`` or ``--max-steps`` ends."""
-    plan: TrainPlan = config["plan"]
+def train_loop(plan: TrainPlan) -> None:
+    """Every rank (``pipelines.train_worker``): build the tagger, restore the last checkpoint, then per
+    epoch train on this rank's shard, score dev, and checkpoint, until ``--epochs`` or ``--max-steps`` ends."""
     worker = _start(plan)
     _restore(worker)
     dev_rows = _dev_share(worker.rank, worker.world) if plan.has_dev else None
@@ -700,8 +700,8 @@ def run_training(cfg: TrainConfig, *, callbacks: list | None = None) -> dict:
 
     monitor = TrainingMonitor(plan.epochs, tensorboard_dir(cfg.output))
     trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"plan": dataclasses.replace(plan, progress=monitor.board)},
+        train_worker.train_loop_per_worker,
+        train_loop_config=train_worker.pack(dataclasses.replace(plan, progress=monitor.board)),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=cfg.resources_per_worker()),
         datasets=datasets,
         # train: each worker streams its own share; dev: each reads it whole, keeps its share.

@@ -19,6 +19,7 @@ LIGHT = [
     "pipelines.tag_sink",  # the datasink (write tasks)
     "pipelines.tag_config",  # TagPlan travels with every task
     "pipelines.tag_preprocess",  # preprocessing tasks (--preprocess tasks)
+    "pipelines.train_worker",  # Ray Train's controller unpickles the training function
     "ner_core.documents",
     "ner_core.labels",
 ]
