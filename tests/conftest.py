@@ -30,6 +30,9 @@ os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 # after its last report: seconds of idle waiting per training run, and the suite trains
 # dozens of times. A faster poll changes nothing else; inherited by the head's workers.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+# Ray Train starts a process per run that watches for cloud spot-instance preemption; there
+# is none on loopback, and on 2 cores each process start is seconds of CPU.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -238,7 +241,7 @@ def ray_head(s3_server):
                 continue
         for proc in procs:
             proc.terminate()
-        _, alive = psutil.wait_procs(procs, timeout=15)
+        _, alive = psutil.wait_procs(procs, timeout=3)  # some of Ray's processes wait out SIGTERM
         for proc in alive:
             proc.kill()
         if not os.environ.get("RAY_NER_KEEP_TEST_LOGS"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 
@@ -104,22 +106,33 @@ def test_killed_run_resumes_to_the_same_result(ray_cluster, ray_head, tiny_dirs,
     assert [e["dev_f1"] for e in resumed["epochs"]] == [e["dev_f1"] for e in uninterrupted["epochs"]]
 
 
-def test_max_steps_stops_there_and_auto_workers_fit_the_machine_with_no_flags(ray_cluster, tiny_dirs, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def capped_crf(ray_cluster, tiny_dirs, tmp_path_factory):
+    """An encoder tagger with a CRF head, --max-steps 10 past --epochs 1, and no resource flags;
+    yields its folder (data, model) and the console's plan."""
+    root = tmp_path_factory.mktemp("capped_crf")
+    write_conll(root / "train.txt", make_sentences(60, seed=3))
+    write_conll(root / "dev.txt", make_sentences(10, seed=4))
+    argv = [
+        "--train", str(root / "train.txt"), "--dev", str(root / "dev.txt"), "--output", str(root / "model"), "--head", "crf",
+        "--arch", "encoder", "--encoder", tiny_dirs["bert"], "--epochs", "1", "--batch-size", "8", "--max-length", "32",
+        "--max-steps", "10",  # 60 sentences of about a window each: 8 steps of 8 per epoch, so it ends in the second
+    ]  # fmt: skip
+    capture = io.StringIO()
+    with contextlib.redirect_stdout(capture):
+        assert train_job.main(argv) == 0
+    return root, capture.getvalue()
+
+
+def test_max_steps_stops_there_and_auto_workers_fit_the_machine_with_no_flags(capped_crf):
     """--max-steps past --epochs: HF's meaning (more epochs, the schedule ends at the last step,
     a mid-epoch stop evaluated and checkpointed); no resource flags: one worker on the 2-CPU
     test cluster, leaving room for Ray Data's tasks."""
-    write_conll(tmp_path / "train.txt", make_sentences(60, seed=3))
-    write_conll(tmp_path / "dev.txt", make_sentences(10, seed=4))
-    argv = [
-        "--train", str(tmp_path / "train.txt"), "--dev", str(tmp_path / "dev.txt"), "--output", str(tmp_path / "model"),
-        "--arch", "encoder", "--encoder", tiny_dirs["bert"], "--epochs", "1", "--batch-size", "8", "--max-length", "32",
-    ]  # fmt: skip
-    max_steps = 10  # 60 sentences of about a window each: 8 steps of 8 per epoch, so it ends in the second
-    assert train_job.main([*argv, "--max-steps", str(max_steps)]) == 0
-    plan = capsys.readouterr().out
+    root, plan = capped_crf
+    max_steps = 10
     assert "1 worker(s) x 1.5 CPU, 2 torch thread(s) each (auto: one per node (1 node), each node's CPUs less 0.5 for Ray Data tasks)" in plan
     assert f"{max_steps} steps (--max-steps)" in plan
-    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    metrics = json.loads((root / "model" / "metrics.json").read_text())
     assert (metrics["config"]["num_workers"], metrics["config"]["cpus_per_worker"], metrics["config"]["torch_threads"]) == (1, 1.5, 2)
     epochs = metrics["epochs"]
     windows = epochs[0]["train_windows"]
@@ -129,7 +142,7 @@ def test_max_steps_stops_there_and_auto_workers_fit_the_machine_with_no_flags(ra
     # the last epoch stops after the batches up to --max-steps
     assert [e["windows_per_rank"] for e in epochs] == [[windows], [(max_steps - steps_per_epoch) * 8]]
     assert epochs[-1]["lr"] == 0.0 and epochs[0]["lr"] > 0  # the schedule's length is --max-steps
-    assert "dev_f1" in epochs[-1] and (tmp_path / "model" / "_ray" / "train" / "epoch_001").exists()
+    assert "dev_f1" in epochs[-1] and (root / "model" / "_ray" / "train" / "epoch_001").exists()
 
 
 @pytest.mark.parametrize(
@@ -168,24 +181,30 @@ def test_repair_invalid_is_opt_in(ray_cluster):
     assert rows[0]["tags"] == ["B-ORG", "O"]
 
 
-def test_document_context_is_trained_and_evaluated_the_same_way(ray_cluster, tiny_dirs, tmp_path):
-    """--context-length: sentences read with their -DOCSTART- neighbours in training, dev scoring and jobs.evaluate."""
+@pytest.fixture(scope="module")
+def context_model(ray_cluster, tiny_dirs, tmp_path_factory):
+    """A tagger trained with --context-length 16 on news in -DOCSTART- documents, and its data."""
+    root = tmp_path_factory.mktemp("context")
     docs = make_sentences(120, seed=5)
-    text = "".join("-DOCSTART- O\n\n" + to_conll(docs[i : i + 6]) + "\n" for i in range(0, len(docs), 6))
-    (tmp_path / "train.txt").write_text(text)
-    (tmp_path / "dev.txt").write_text("".join("-DOCSTART- O\n\n" + to_conll(make_sentences(6, seed=50 + i)) + "\n" for i in range(4)))
-    output = tmp_path / "model"
-    argv = _argv(tiny_dirs, tmp_path, output, "--context-length", "16")
+    (root / "train.txt").write_text("".join("-DOCSTART- O\n\n" + to_conll(docs[i : i + 6]) + "\n" for i in range(0, len(docs), 6)))
+    (root / "dev.txt").write_text("".join("-DOCSTART- O\n\n" + to_conll(make_sentences(6, seed=50 + i)) + "\n" for i in range(4)))
+    argv = _argv(tiny_dirs, root, root / "model", "--context-length", "16")
     argv[argv.index("--epochs") + 1] = "1"
     assert train_job.main(argv) == 0
+    return root
+
+
+def test_document_context_is_trained_and_evaluated_the_same_way(context_model, tmp_path):
+    """--context-length: sentences read with their -DOCSTART- neighbours in training, dev scoring and jobs.evaluate."""
+    output, dev = context_model / "model", context_model / "dev.txt"
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["config"]["context_length"] == 16
     out = tmp_path / "eval.json"
-    assert evaluate_job.main(["--model", str(output), "--data", str(tmp_path / "dev.txt"), "--json", str(out)]) == 0
+    assert evaluate_job.main(["--model", str(output), "--data", str(dev), "--json", str(out)]) == 0
     assert json.loads(out.read_text())["f1"] == metrics["best_dev_f1"]
     assert json.loads(out.read_text())["settings"]["context_length"] == 16  # from the model's metrics.json
     out_plain = tmp_path / "eval_plain.json"
-    assert evaluate_job.main(["--model", str(output), "--data", str(tmp_path / "dev.txt"), "--json", str(out_plain), "--context-length", "0"]) == 0
+    assert evaluate_job.main(["--model", str(output), "--data", str(dev), "--json", str(out_plain), "--context-length", "0"]) == 0
     assert json.loads(out_plain.read_text())["settings"]["context_length"] == 0
 
 
@@ -215,22 +234,17 @@ def test_documents_from_datelines_give_context_to_a_corpus_without_markers(ray_c
         read_labelled(str(path), documents="guess")
 
 
-def test_evaluate_warns_when_the_data_has_no_context_for_a_context_model(ray_cluster, tiny_dirs, tmp_path, capsys):
-    docs = make_sentences(60, seed=5)
-    (tmp_path / "train.txt").write_text("".join("-DOCSTART- O\n\n" + to_conll(docs[i : i + 6]) + "\n" for i in range(0, len(docs), 6)))
-    (tmp_path / "dev.txt").write_text("-DOCSTART- O\n\n" + to_conll(make_sentences(6, seed=51)))
-    argv = _argv(tiny_dirs, tmp_path, tmp_path / "model", "--context-length", "16")
-    argv[argv.index("--epochs") + 1] = "1"
-    assert train_job.main(argv) == 0
+def test_evaluate_warns_when_the_data_has_no_context_for_a_context_model(context_model, tmp_path, capsys):
+    model = context_model / "model"
     write_conll(tmp_path / "plain.txt", make_sentences(6, seed=52))
     capsys.readouterr()
-    assert evaluate_job.main(["--model", str(tmp_path / "model"), "--data", str(tmp_path / "plain.txt")]) == 0
+    assert evaluate_job.main(["--model", str(model), "--data", str(tmp_path / "plain.txt")]) == 0
     assert "has no -DOCSTART- document markers: scored without context" in capsys.readouterr().out
     # the same model on news whose stories --documents datelines can find again: scored with context
     news = tmp_path / "news.txt"
     news.write_text(to_conll([(["Paris", "wins", "."], ["B-LOC", "O", "O"]), (["PARIS", "1996-08-22"], ["B-LOC", "O"]), (["It", "rained", "."], ["O", "O", "O"])]))
     out = tmp_path / "news.json"
-    assert evaluate_job.main(["--model", str(tmp_path / "model"), "--data", str(news), "--documents", "datelines", "--json", str(out)]) == 0
+    assert evaluate_job.main(["--model", str(model), "--data", str(news), "--documents", "datelines", "--json", str(out)]) == 0
     assert "scored without context" not in capsys.readouterr().out
     assert json.loads(out.read_text())["settings"]["documents"] == "datelines"
 
@@ -356,13 +370,10 @@ def test_training_saves_its_inference_settings_and_a_temperature_fitted_on_dev(t
     assert "Entity scores: reliability" in (tmp_path / "report" / "report.html").read_text()
 
 
-def test_a_crf_head_trains_and_is_scored_the_same_way_by_evaluate(ray_cluster, tiny_dirs, conll_sample, tmp_path):
-    output = tmp_path / "crf"
-    argv = _argv(tiny_dirs, conll_sample, output, "--head", "crf", "--epochs", "1")
-    argv[argv.index("encoder-decoder")] = "encoder"
-    del argv[argv.index("--decoder") : argv.index("--decoder") + 2]
-    assert train_job.main(argv) == 0
+def test_a_crf_head_trains_and_is_scored_the_same_way_by_evaluate(capped_crf, tmp_path):
+    root, _ = capped_crf
+    output = root / "model"
     assert json.loads((output / "config.json").read_text())["tagger_head"] == "crf"
     out = tmp_path / "eval.json"
-    assert evaluate_job.main(["--model", str(output), "--data", str(conll_sample / "dev.txt"), "--json", str(out)]) == 0
+    assert evaluate_job.main(["--model", str(output), "--data", str(root / "dev.txt"), "--json", str(out)]) == 0
     assert json.loads(out.read_text())["f1"] == json.loads((output / "metrics.json").read_text())["best_dev_f1"]

@@ -52,7 +52,7 @@ def _train_args(tiny_dirs, decoder, data, output):
         "--train", str(data / "train.txt"), "--dev", str(data / "dev.txt"), "--output", str(output),
         "--arch", "encoder-decoder", "--encoder", tiny_dirs["distilbert"], "--decoder", decoder,
         "--epochs", "3", "--batch-size", "8", "--lr", "3e-3", "--max-length", "32",
-        "--num-workers", "2", "--cpus-per-worker", "0.5", "--seed", "3",
+        "--num-workers", "1", "--cpus-per-worker", "1", "--seed", "3",
     ]  # fmt: skip
 
 
