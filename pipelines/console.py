@@ -89,6 +89,9 @@ def quiet_ray_logs() -> None:
                 handler.setLevel(max(handler.level, logging.WARNING))
                 if name == "ray.data" and not any(isinstance(f, _DropRaisedErrors) for f in handler.filters):
                     handler.addFilter(_DropRaisedErrors())
+    # Ray Tune's newer console output prints its experiment box even at verbose=0; the older
+    # engine honours it (read when a search starts; ray-ner tune prints its own plan and lines)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

@@ -33,7 +33,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from ner_core.report import search_report
 from ner_core.search_space import Param, describe, load_search, spread
-from pipelines.console import echo, format_duration, print_plan, print_summary, verbose
+from pipelines.console import echo, format_duration, print_plan, print_summary
 from pipelines.options import IO, RESOURCES, TRAINING, option
 from pipelines.storage import fsspec_filesystem, is_s3, join_path, path_exists, strip_scheme
 from pipelines.training import TrainConfig, _run_exists, _storage_args, resolve_models, run_training
@@ -45,6 +45,8 @@ TIME_ATTR = "epochs_done"
 # ASHA stops a trial once it reaches max_t: far above any run's epochs, so every trial
 # that ASHA keeps ends by itself and writes its model.
 ASHA_MAX_T = 10_000
+# A trial's driver only waits on its Ray Train workers, which reserve their own CPUs.
+TRIAL_CPUS = 0.01
 # The searched settings of a trial go into trials.csv and the console; Tune's own keys do not.
 SCALARS = (int, float, str, bool)
 
@@ -61,7 +63,7 @@ class SearchConfig(TrainConfig):
     search: str | None = field(default=None, metadata=option("SEARCH.yaml: training settings to search, each a constant or {loguniform|uniform|randint|choice: ...}", group=IO, essential=True))
     trials: int = field(default=4, metadata=option("trials to sample from the search space", group=TRAINING, essential=True))
     concurrent: int | None = field(default=None, metadata=option("at most this many trials at once (default: as many as the cluster's resources allow)", group=RESOURCES, essential=True))
-    trial_cpus: float = field(default=0.01, metadata=option("CPUs reserved by each trial's driver (it only waits on its Ray Train workers, which reserve their own)", group=RESOURCES))
+    trial_cpus: float = field(default=TRIAL_CPUS, metadata=option("CPUs reserved by each trial's driver (it only waits on its Ray Train workers, which reserve their own)", group=RESOURCES))
     grace_epochs: int = field(default=1, metadata=option("ASHA: epochs every trial runs before it may be stopped", group=TRAINING))
     reduction_factor: int = field(default=2, metadata=option("ASHA: at each rung, keep the best 1/N of the trials", group=TRAINING))
 
@@ -220,10 +222,6 @@ def _run_search(base: TrainConfig, *, root: str, param_space: dict, names: list[
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler, num_samples=num_samples, max_concurrent_trials=concurrent),
             run_config=tune.RunConfig(name=EXPERIMENT, **storage, verbose=0, callbacks=[_TrialLines(root, names)]),
         )
-    if not verbose():
-        # Tune's newer console output prints its experiment box even at verbose=0; the
-        # older engine honours it, and our plan and per-trial lines say the same
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     results = tuner.fit()
     # Tune marks the trials it stops at Ctrl-C terminated too: only the marker says a trial ended
     ended = sum(1 for r in results if r.error or path_exists(join_path(trial_output(root, r.metrics["trial_id"]), ENDED)))
@@ -339,7 +337,7 @@ def run_seeds(cfg: TrainConfig) -> dict:
     seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
     root = search_root(cfg.output, None, default="_seeds")
     base = dataclasses.replace(cfg, seeds=1)
-    rows = _run_search(base, root=root, param_space={"seed": tune.grid_search(seeds)}, names=["seed"], num_samples=1, scheduler=None, concurrent=1, trial_cpus=0.01, resume=cfg.resume)
+    rows = _run_search(base, root=root, param_space={"seed": tune.grid_search(seeds)}, names=["seed"], num_samples=1, scheduler=None, concurrent=1, trial_cpus=TRIAL_CPUS, resume=cfg.resume)
     best = _best(rows)
     failed = [r for r in rows if r.status != "finished"]
     if failed:
