@@ -148,41 +148,34 @@ def _s3_json(uri: str):
     return json.loads(fs.cat(strip_scheme(uri)))
 
 
-def test_training_on_a_worker_node_resumes_from_checkpoints_on_s3(ray_cluster, ray_head, two_nodes, tiny_dirs, conll_small, s3_bucket, tmp_path):
-    """Workers pinned to the non-head node, checkpoints on S3; a worker killed after epoch 0 and
-    --resume give the same epochs and F1 as an uninterrupted run whose model went to s3://."""
+def test_training_on_a_worker_node_resumes_from_checkpoints_on_s3(ray_cluster, ray_head, two_nodes, tiny_dirs, conll_small, s3_bucket):
+    """Workers pinned to the non-head node, the model and (by default, beside it) the checkpoints
+    on S3; a worker killed after epoch 0, then --resume trains only epoch 1. (That a resumed run
+    scores what an uninterrupted one does is tests/test_train_job.py's killed-run test.)"""
     from pipelines.storage import strip_scheme
 
     pin = ["--worker-resources", f"{WORKER}=1"]
     actors_before = _placements(ray_head["dashboard"], "actor")
-    whole = f"{s3_bucket}/models/whole"  # storage defaults to the output's own location: whole/_ray
-    assert train_job.main(_train_argv(tiny_dirs, conll_small, whole, *pin)) == 0
-    model_files = {p[len(strip_scheme(whole)) + 1 :] for p in _s3_files(whole)}
-    assert {"model.safetensors", "tokenizer.json", "labels.json", "metrics.json"} <= model_files
-    assert [p for p in model_files if p.startswith("_ray/train/epoch_001/")]  # checkpoints on S3
-    assert _nodes_of(ray_head["dashboard"], "actor", lambda n: n == "RayTrainWorker", actors_before) == {two_nodes["worker"]}
-
-    output, storage = tmp_path / "resumed", f"{s3_bucket}/runs/resumed"
+    output = f"{s3_bucket}/models/resumed"  # storage defaults to the output's own location: resumed/_ray
 
     def first_checkpoint_registered() -> bool:
-        snapshot = f"{strip_scheme(storage)}/train/checkpoint_manager_snapshot.json"
-        return snapshot in _s3_files(storage) and "epoch_000" in json.dumps(_s3_json(f"s3://{snapshot}"))
+        snapshot = f"{strip_scheme(output)}/_ray/train/checkpoint_manager_snapshot.json"
+        return snapshot in _s3_files(output) and "epoch_000" in json.dumps(_s3_json(f"s3://{snapshot}"))
 
     # a worker process on the second node killed from outside once epoch 0's checkpoint is on S3
     with TrainingWorkerKiller(first_checkpoint_registered, ray_head["dashboard"]) as killer:
         with pytest.raises(Exception, match="worker process has died"):
-            train_job.main(_train_argv(tiny_dirs, conll_small, output, *pin, "--storage", storage, "--max-failures", "0"))
+            train_job.main(_train_argv(tiny_dirs, conll_small, output, *pin, "--max-failures", "0"))
     assert killer.killed
-    checkpoints = _s3_files(storage)
-    assert [p for p in checkpoints if "/train/epoch_000/" in p], checkpoints
-    assert not (output / "_ray").exists()  # nothing of the run on the driver's disk
-    assert train_job.main(_train_argv(tiny_dirs, conll_small, output, *pin, "--storage", storage, "--resume")) == 0
+    assert [p for p in _s3_files(output) if "/_ray/train/epoch_000/" in p]
+    assert train_job.main(_train_argv(tiny_dirs, conll_small, output, *pin, "--resume")) == 0
 
-    resumed = json.loads((output / "metrics.json").read_text())
-    uninterrupted = _s3_json(f"{whole}/metrics.json")
+    model_files = {p[len(strip_scheme(output)) + 1 :] for p in _s3_files(output)}
+    assert {"model.safetensors", "tokenizer.json", "labels.json", "metrics.json"} <= model_files
+    assert [p for p in model_files if p.startswith("_ray/train/epoch_001/")]  # checkpoints on S3
+    resumed = _s3_json(f"{output}/metrics.json")
     assert [e["epoch"] for e in resumed["epochs"]] == [0, 1]
-    assert [e["dev_f1"] for e in resumed["epochs"]] == [e["dev_f1"] for e in uninterrupted["epochs"]]
-    assert (output / "model.safetensors").exists()
+    assert _nodes_of(ray_head["dashboard"], "actor", lambda n: n == "RayTrainWorker", actors_before) == {two_nodes["worker"]}
 
 
 def test_local_training_storage_on_two_nodes_is_refused_in_one_line(ray_cluster, two_nodes, tiny_dirs, conll_small, tmp_path, capsys):

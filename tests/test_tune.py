@@ -1,6 +1,6 @@
 """ray-ner tune and ray-ner train --seeds on the local Ray cluster: tiny encoder, tiny data, a few steps per trial.
 
-A search of 4 trials, 2 at a time, is stopped (Ctrl-C) once a trial has ended
+A search of 3 trials, 2 at a time, is stopped (Ctrl-C) once a trial has ended
 and resumed with --resume: the ended trials are kept as they were,
 and the search ends with trials.csv, report.html and the best trial's model,
 which jobs.tag then uses.
@@ -47,7 +47,7 @@ def train_yaml(tiny_dirs, tmp_path_factory):
 
 
 def _tune_argv(data, output, *extra):
-    return ["--config", str(data / "train.yaml"), "--search", str(data / "search.yaml"), "--trials", "4", "--concurrent", "2", "--output", str(output), *extra]
+    return ["--config", str(data / "train.yaml"), "--search", str(data / "search.yaml"), "--trials", "3", "--concurrent", "2", "--output", str(output), *extra]
 
 
 def _ended_trials(output) -> dict[str, float]:
@@ -82,7 +82,7 @@ def test_search_writes_trials_csv_a_report_and_the_best_model_that_jobs_tag_uses
     output = searched["output"]
     with open(output / "trials.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 4 and len({r["trial"] for r in rows}) == 4
+    assert len(rows) == 3 and len({r["trial"] for r in rows}) == 3
     assert list(rows[0]) == ["trial", "lr", "seed", "best_dev_f1", "epochs", "status", "error"]
     for r in rows:
         assert 1e-4 <= float(r["lr"]) <= 3e-3 and r["seed"] in ("1", "2", "3")
@@ -95,7 +95,7 @@ def test_search_writes_trials_csv_a_report_and_the_best_model_that_jobs_tag_uses
     assert metrics["config"]["lr"] == pytest.approx(float(best["lr"])) and metrics["config"]["seed"] == int(best["seed"])
     assert (output / "model.safetensors").exists() and (output / "inference.json").exists() and (output / "train_report.html").exists()
     page = (output / "report.html").read_text()
-    assert page.count("<polyline") + page.count("<circle") >= 4 and all(f'data-trial="{r["trial"]}"' in page for r in rows)
+    assert page.count("<polyline") + page.count("<circle") >= len(rows) and all(f'data-trial="{r["trial"]}"' in page for r in rows)
 
     src = tmp_path / "in"
     src.mkdir()
@@ -108,9 +108,9 @@ def test_search_writes_trials_csv_a_report_and_the_best_model_that_jobs_tag_uses
 
 def test_resumed_search_keeps_the_trials_that_had_ended(searched):
     first, output = searched["first"], searched["output"]
-    assert 1 <= len(first) < 4
+    assert 1 <= len(first) < 3
     after = _ended_trials(output)
-    assert len(after) == 4 and {t: after[t] for t in first} == first  # not trained again: nothing of theirs rewritten
+    assert len(after) == 3 and {t: after[t] for t in first} == first  # not trained again: nothing of theirs rewritten
     with open(output / "trials.csv") as fh:
         rows = {r["trial"]: r for r in csv.DictReader(fh)}
     assert set(rows) == set(after)
@@ -118,7 +118,7 @@ def test_resumed_search_keeps_the_trials_that_had_ended(searched):
 
 def test_first_run_prints_a_plan_and_one_line_per_trial(searched):
     lines = searched["first_run"].splitlines()
-    assert any(line.startswith("ray-ner tune: 4 trials of ray-ner train") for line in lines)
+    assert any(line.startswith("ray-ner tune: 3 trials of ray-ner train") for line in lines)
     ended = [line for line in lines if line.lstrip().startswith("trial ")]
     assert len(ended) >= 1 and all("best dev F1" in line and "lr " in line and "seed " in line for line in ended)
     assert not any("Configuration for experiment" in line or "View detailed results" in line for line in lines)  # Tune's own box
