@@ -7,7 +7,7 @@ What it measures, each phase with the GPU's mean utilisation (nvidia-smi sampled
 
 1. **Training**: one epoch of the encoder-decoder tagger on CoNLL-2003 train (case markers,
    windows of 128, length-grouped batches of 32, AdamW, bf16 autocast), the same steps a
-   Ray Train worker runs (``pipelines.training``), in one process: tokens/s.
+   Ray Train worker runs (``pipelines.training.loop``), in one process: tokens/s.
 2. **Tagging**: 200,000 CoNLL sentences as raw text (``join_naturally``), split and
    tagged through ``document_from_text`` + ``Predictor`` (what a tagging actor runs) in
    fp32 and bf16 autocast: words/s, against HF ``pipeline("token-classification")`` on

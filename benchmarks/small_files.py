@@ -184,9 +184,9 @@ def plan_worker(corpus: str) -> dict:
     import cloudpickle
 
     import pipelines.storage as storage
-    import pipelines.tag_input as tag_input
-    from pipelines.tag_config import EXTENSIONS
-    from pipelines.tag_store import OutputStore, source_key
+    import pipelines.tagging.reader as tag_input
+    from pipelines.tagging.config import EXTENSIONS
+    from pipelines.tagging.store import OutputStore, source_key
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out = tempfile.mkdtemp(prefix="plan-out-")
@@ -237,9 +237,9 @@ def bench_parts(out_dir: str, rows: int, files: int) -> dict:
     files: ms a file for each (the sink's input: one block of every row with stand-in labels)."""
     import pyarrow as pa
 
-    from pipelines.tag_input import FileReader, pack_files, read_files
-    from pipelines.tag_sink import TaggedOutputSink
-    from pipelines.tag_store import OutputStore, source_key
+    from pipelines.tagging.reader import FileReader, pack_files, read_files
+    from pipelines.tagging.sink import TaggedOutputSink
+    from pipelines.tagging.store import OutputStore, source_key
 
     corpus = local_corpus(out_dir, rows, files)
     sources = [(p, source_key(p), os.path.getsize(p)) for p in sorted(os.path.join(corpus, n) for n in os.listdir(corpus) if n.endswith(".jsonl"))]

@@ -31,10 +31,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD = r"""
 import glob, json, sys, time
 import pyarrow as pa
-from pipelines.tag_actor import TagActor
-from pipelines.tag_config import TagConfig, TagPlan
-from pipelines.tag_input import jsonl_block, read_jsonl
-from pipelines.tag_model import check_model
+from pipelines.tagging.actor import TagActor
+from pipelines.tagging.config import TagConfig, TagPlan
+from pipelines.tagging.reader import jsonl_block, read_jsonl
+from pipelines.tagging.model import check_model
 
 how, model, corpus, precision, batch, threads, max_length = sys.argv[1:8]
 batch, threads = int(batch), int(threads)

@@ -17,7 +17,7 @@ Every job is ``python -m jobs.train`` in a subprocess on its own local Ray, as a
   1.5 CPUs, 2 torch threads), ``--speed-steps`` steps on the first ``--speed-sentences``
   sentences. The job's tokens/s per worker (metrics.json: tokens over the epochs' training
   time, the shard's streaming included) against a bare loop in one process: the same model,
-  windows, length-grouped batches (``pipelines.train_batches``), optimizer and threads, and
+  windows, length-grouped batches (``pipelines.training.batches``), optimizer and threads, and
   the same clock (first batch to last step). Alternating, ``--rounds`` times each.
 - **dev**: 2 workers x 0.5 CPU, MiniLM, one epoch of 2,000 sentences, all of CoNLL dev:
   ``eval_time_s`` (rank 0's dev scoring) and ``eval_wait_s`` (the longest a rank waited
@@ -52,8 +52,8 @@ from ner_core.alignment import encode_batch
 from ner_core.conll import parse_conll_text
 from ner_core.labels import LabelMap, convert_scheme, labels_from_sequences
 from ner_core.tagger import build_tagger, load_tokenizer, resolve_model_path
-from pipelines.train_batches import length_grouped_batches
-from pipelines.training import POOL_WINDOWS
+from pipelines.training.batches import length_grouped_batches
+from pipelines.training.config import POOL_WINDOWS
 path, steps, threads, batch_size, max_length = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(threads)
 torch.manual_seed(42)

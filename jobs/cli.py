@@ -116,7 +116,7 @@ def config_from_args(cls: type[T], argv: list[str] | None, description: str) -> 
     """Defaults < YAML (--config) < flags. Unknown YAML keys are an error, not ignored."""
     parser = build_parser(cls, description, show_all=_help_all(argv))
     args = parser.parse_args(argv)
-    from pipelines.console import set_verbose
+    from pipelines.console.terminal import set_verbose
 
     set_verbose(args.verbose)
     values: dict[str, Any] = {}

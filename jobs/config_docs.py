@@ -30,15 +30,15 @@ def _jobs() -> list[tuple[str, str, type]]:
     from jobs.demo import DemoConfig
     from pipelines.evaluation import EvaluateConfig
     from pipelines.serving.config import ServeConfig
-    from pipelines.tag_config import TagConfig
-    from pipelines.training import TrainConfig
+    from pipelines.tagging.config import TagConfig
+    from pipelines.training.config import TrainConfig
     from pipelines.tuning import SearchConfig
 
     return [
-        ("train", "pipelines/training.py", TrainConfig),
+        ("train", "pipelines/training/config.py", TrainConfig),
         ("tune", "pipelines/tuning.py", SearchConfig),
         ("evaluate", "pipelines/evaluation.py", EvaluateConfig),
-        ("tag", "pipelines/tag_config.py", TagConfig),
+        ("tag", "pipelines/tagging/config.py", TagConfig),
         ("serve", "pipelines/serving/config.py", ServeConfig),
         ("demo", "jobs/demo.py", DemoConfig),
     ]

@@ -40,12 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.errors import explain
     from ner_core.metrics import format_report
     from ner_core.sample_data import make_sentences, make_texts, write_conll
-    from pipelines.console import echo, format_duration, print_plan
+    from pipelines.console.terminal import echo, format_duration, print_plan
     from pipelines.evaluation import EvaluateConfig, run_evaluation
-    from pipelines.job_console import cluster_line, tensorboard_dir
+    from pipelines.console.jobs import cluster_line, tensorboard_dir
     from pipelines.ray_env import init_ray
-    from pipelines.tagging import TagConfig, run_tagging
-    from pipelines.training import TrainConfig, run_training
+    from pipelines.tagging.driver import TagConfig, run_tagging
+    from pipelines.training.config import TrainConfig
+    from pipelines.training.driver import run_training
 
     started = time.monotonic()
     out = os.path.abspath(cfg.output)

@@ -15,8 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.errors import explain
     from ner_core.metrics import format_report
     from pipelines.evaluation import run_evaluation
-    from pipelines.job_console import evaluation_plan, evaluation_summary
-    from pipelines.console import echo
+    from pipelines.console.jobs import evaluation_plan, evaluation_summary
+    from pipelines.console.terminal import echo
     from pipelines.ray_env import init_ray
 
     with explain():

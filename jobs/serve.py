@@ -34,11 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from jobs.errors import explain
-    from pipelines.console import Stage, echo
-    from pipelines.job_console import ServingMonitor, ray_logs_hint, serving_plan
+    from pipelines.console.terminal import Stage, echo
+    from pipelines.console.jobs import ServingMonitor, ray_logs_hint, serving_plan
     from pipelines.ray_env import init_ray
     from pipelines.serving.app import tagger_app
-    from pipelines.tag_model import check_model
+    from pipelines.tagging.model import check_model
 
     with explain():
         init_ray()

@@ -9,15 +9,15 @@ from __future__ import annotations
 import sys
 
 from jobs.cli import config_from_args, run_main
-from pipelines.tagging import TagConfig
+from pipelines.tagging.driver import TagConfig
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(TagConfig, argv, "Tag Parquet/JSONL corpora with a trained tagger; per-token IOB labels and entity spans.")
     from jobs.errors import explain
-    from pipelines.job_console import tagging_summary
+    from pipelines.console.jobs import tagging_summary
     from pipelines.ray_env import init_ray
-    from pipelines.tagging import run_tagging
+    from pipelines.tagging.driver import run_tagging
 
     with explain():
         init_ray()

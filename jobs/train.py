@@ -11,15 +11,16 @@ and keeps the best seed's model.
 from __future__ import annotations
 
 from jobs.cli import config_from_args, run_main
-from pipelines.training import TrainConfig
+from pipelines.training.config import TrainConfig
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(TrainConfig, argv, "Fine-tune a token tagger with Ray Train.")
     from jobs.errors import explain
-    from pipelines.job_console import tensorboard_dir, training_plan, training_summary
+    from pipelines.console.jobs import tensorboard_dir, training_plan, training_summary
     from pipelines.ray_env import init_ray
-    from pipelines.training import plan_workers, run_training, resolve_models
+    from pipelines.training.config import plan_workers
+    from pipelines.training.driver import resolve_models, run_training
 
     with explain():
         cfg = resolve_models(cfg)

@@ -22,7 +22,7 @@ from ner_core.predictor import Predictor
 from ner_core.report import evaluation_report, write_report
 from ner_core.runtime import RUNTIMES, check_runtime
 from ner_core.tagger import resolve_model_path
-from pipelines.console import Stage, echo
+from pipelines.console.terminal import Stage, echo
 from pipelines.labelled_data import read_labelled
 from pipelines.options import ADVANCED, IO, MODEL, RESOURCES, option
 

@@ -57,11 +57,11 @@ def init_ray(num_cpus: float | None = None, quiet: bool = True) -> None:
     """Join ``RAY_ADDRESS`` or start a local cluster; a no-op if Ray is up already.
 
     ``quiet`` (unless ``--verbose``): Ray's INFO logs and the workers' output go to
-    Ray's log files, not this console (``pipelines.console``).
+    Ray's log files, not this console (``pipelines.console.terminal``).
     """
     if ray.is_initialized():
         return
-    from pipelines.console import quiet_ray_logs, verbose
+    from pipelines.console.terminal import quiet_ray_logs, verbose
 
     quiet = quiet and not verbose()
     if quiet:

@@ -1,7 +1,7 @@
 """Ray Tune over the training job: ``ray-ner tune`` and ``ray-ner train --seeds K``.
 
 Each trial's function (``_trial``) is the training job itself: it takes the
-trial's settings into a ``TrainConfig`` and calls ``pipelines.training.run_training``,
+trial's settings into a ``TrainConfig`` and calls ``pipelines.training.driver.run_training``,
 which builds the ``TorchTrainer`` and calls ``fit()``; Tune's
 ``TuneReportCallback`` hands the workers' per-epoch reports (dev F1 among them) on
 to Tune, where ASHA stops the weak trials. No second training loop.
@@ -33,10 +33,11 @@ from ray.tune.schedulers import ASHAScheduler
 
 from ner_core.report import search_report
 from ner_core.search_space import Param, describe, load_search, spread
-from pipelines.console import echo, format_duration, print_plan, print_summary
+from pipelines.console.terminal import echo, format_duration, print_plan, print_summary
 from pipelines.options import IO, RESOURCES, TRAINING, option
 from pipelines.storage import fsspec_filesystem, is_s3, join_path, path_exists, strip_scheme
-from pipelines.training import TrainConfig, _run_exists, _storage_args, resolve_models, run_training
+from pipelines.training.config import TrainConfig
+from pipelines.training.driver import _run_exists, _storage_args, resolve_models, run_training
 
 EXPERIMENT = "search"
 ENDED = "_ended"  # in a trial's output once Tune has ended it (not when Ctrl-C stopped it)

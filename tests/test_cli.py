@@ -52,7 +52,7 @@ def _help_text(capsys, cls, *argv: str) -> str:
 
 
 def test_help_shows_the_essential_flags_under_headings(capsys):
-    from pipelines.tag_config import TagConfig
+    from pipelines.tagging.config import TagConfig
 
     text = _help_text(capsys, TagConfig, "--help")
     for flag in ("--model", "--input", "--output", "--actors", "--runtime", "--config", "--help-all"):
@@ -67,7 +67,7 @@ def test_help_shows_the_essential_flags_under_headings(capsys):
 def test_help_all_shows_every_flag_grouped(capsys):
     import dataclasses
 
-    from pipelines.tag_config import TagConfig
+    from pipelines.tagging.config import TagConfig
 
     text = _help_text(capsys, TagConfig, "--help-all")
     for f in dataclasses.fields(TagConfig):
@@ -77,7 +77,7 @@ def test_help_all_shows_every_flag_grouped(capsys):
 
 
 def test_hidden_flags_are_still_accepted():
-    from pipelines.tag_config import TagConfig
+    from pipelines.tagging.config import TagConfig
 
     cfg = config_from_args(TagConfig, ["--model", "m", "--read-retry-delay-s", "0.5", "--cpus-per-task", "0.5", "--all-scores"], "t")
     assert (cfg.read_retry_delay_s, cfg.cpus_per_task, cfg.all_scores) == (0.5, 0.5, True)

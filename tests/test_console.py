@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from ner_core.sample_data import make_sentences, make_texts, write_conll
-from pipelines.console import Stage, format_duration, format_rate
+from pipelines.console.terminal import Stage, format_duration, format_rate
 
 # What the console must never show by default: Ray Data's executor state, Ray's INFO
 # logs, output forwarded from Ray workers and actors, and progress bars (tqdm's).

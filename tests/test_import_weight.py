@@ -15,11 +15,11 @@ import sys
 import pytest
 
 LIGHT = [
-    "pipelines.tag_input",  # the datasource (read tasks)
-    "pipelines.tag_sink",  # the datasink (write tasks)
-    "pipelines.tag_config",  # TagPlan travels with every task
-    "pipelines.tag_preprocess",  # preprocessing tasks (--preprocess tasks)
-    "pipelines.train_worker",  # Ray Train's controller unpickles the training function
+    "pipelines.tagging.reader",  # the datasource (read tasks)
+    "pipelines.tagging.sink",  # the datasink (write tasks)
+    "pipelines.tagging.config",  # TagPlan travels with every task
+    "pipelines.tagging.preprocess",  # preprocessing tasks (--preprocess tasks)
+    "pipelines.training.worker",  # Ray Train's controller unpickles the training function
     "ner_core.documents",
     "ner_core.labels",
 ]
@@ -47,8 +47,8 @@ def test_the_tagging_driver_checks_a_model_without_loading_torch():
     # The driver only reads the model's files (ner_core.model_files); the actors load it.
     # Importing torch and transformers there cost 3.4 s of a 20,000-row job's start on 2 cores.
     code = (
-        "import sys; from pipelines.tagging import run_tagging; from pipelines.tag_actor import TagActor; "
-        "from pipelines.tag_model import check_model; info = check_model('minilm'); "
+        "import sys; from pipelines.tagging.driver import run_tagging; from pipelines.tagging.actor import TagActor; "
+        "from pipelines.tagging.model import check_model; info = check_model('minilm'); "
         "print(info.model_type, info.max_positions, sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
@@ -59,7 +59,7 @@ def test_quieting_the_console_loads_no_transformers_yet_its_bars_stay_off():
     # Every job quiets Ray's logs before ray.init; importing transformers there only to switch
     # its progress bars off cost the tagging driver 0.7 s of CPU on 2 cores.
     code = (
-        "import sys; from pipelines.console import quiet_ray_logs; quiet_ray_logs(); "
+        "import sys; from pipelines.console.terminal import quiet_ray_logs; quiet_ray_logs(); "
         "print('transformers' in sys.modules); "
         "from transformers.utils import logging; print(logging.is_progress_bar_enabled())"
     )

@@ -169,7 +169,7 @@ def _check_document(doc: dict, text: str | None = None) -> None:
 
 @pytest.mark.slow
 def test_health_and_model_identity(server, tiny_tagger):
-    from pipelines.tag_model import model_identity
+    from pipelines.tagging.model import model_identity
 
     assert _call(f"{server}/healthz") == (200, {"status": "ok"})
     status, info = _call(f"{server}/v1/model")

@@ -93,7 +93,7 @@ def test_a_training_runs_checkpoints_beside_the_model_are_not_part_of_it(tiny_ta
     """A training output folder holds the model at its top level and the run's checkpoints
     and logs in subfolders: those are neither hashed nor copied to the workers."""
     from pipelines.storage import fsspec_filesystem
-    from pipelines.tag_model import local_model_dir, model_identity
+    from pipelines.tagging.model import local_model_dir, model_identity
 
     folder = tmp_path / "run"
     shutil.copytree(tiny_tagger, folder)

@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import tag as tag_job
-from pipelines import tag_input
-from pipelines.tag_input import ERROR, ROW, SRC, FileReader, pack_files, read_files, read_jsonl
-from pipelines.tag_store import source_key
+from pipelines.tagging import reader as tag_input
+from pipelines.tagging.reader import ERROR, ROW, SRC, FileReader, pack_files, read_files, read_jsonl
+from pipelines.tagging.store import source_key
 
 SMALL = ["--actors", "1", "--cpus-per-actor", "0.5", "--batch-size", "16", "--max-length", "24", "--stride", "6"]
 
@@ -203,7 +203,7 @@ def test_a_file_s3_keeps_dropping_is_reported_then_tagged_by_the_next_run(ray_cl
 def test_the_type_scan_gives_the_same_types_however_the_files_are_grouped(tmp_path):
     # the scan splits the files between tasks by the cluster's size (one on a laptop),
     # then merges the tasks' types: any grouping must give the types of one scan of all
-    from pipelines.tag_input import _scan_files, merge_jsonl_types
+    from pipelines.tagging.reader import _scan_files, merge_jsonl_types
 
     _write_corpus(tmp_path / "in")
     paths = sorted(str(p) for p in (tmp_path / "in").glob("*.jsonl"))

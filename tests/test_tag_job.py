@@ -320,10 +320,10 @@ def test_a_damaged_model_copy_is_refused_before_tagging(ray_cluster, tiny_tagger
 
 def test_the_actor_batches_forward_passes_as_the_command_line_says(tiny_tagger):
     # --window-batch-size and --batch-tokens bound what the model sees in one forward pass
-    from pipelines.tag_actor import TagActor
-    from pipelines.tag_config import TagConfig, TagPlan
-    from pipelines.tag_input import ERROR, RAW, ROW, SRC, jsonl_block
-    from pipelines.tag_model import check_model
+    from pipelines.tagging.actor import TagActor
+    from pipelines.tagging.config import TagConfig, TagPlan
+    from pipelines.tagging.reader import ERROR, RAW, ROW, SRC, jsonl_block
+    from pipelines.tagging.model import check_model
 
     model = check_model(str(tiny_tagger))
     texts = [" ".join(["word"] * (1 + i % 40)) for i in range(300)]
@@ -352,10 +352,10 @@ def test_the_actor_loads_and_runs_the_model_on_one_thread_whichever_thread_calls
 
     import torch
 
-    from pipelines.tag_actor import TagActor
-    from pipelines.tag_config import TagConfig, TagPlan
-    from pipelines.tag_input import ERROR, RAW, ROW, SRC, jsonl_block
-    from pipelines.tag_model import check_model
+    from pipelines.tagging.actor import TagActor
+    from pipelines.tagging.config import TagConfig, TagPlan
+    from pipelines.tagging.reader import ERROR, RAW, ROW, SRC, jsonl_block
+    from pipelines.tagging.model import check_model
 
     model = check_model(str(tiny_tagger))
     cfg = TagConfig(model=str(tiny_tagger), input="corpus/", output="tagged/", torch_threads=1)

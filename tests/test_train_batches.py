@@ -1,4 +1,4 @@
-"""Streamed windows into length-grouped batches (``pipelines.train_batches``), without Ray."""
+"""Streamed windows into length-grouped batches (``pipelines.training.batches``), without Ray."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipelines.train_batches import length_grouped_batches
+from pipelines.training.batches import length_grouped_batches
 
 
 def _stream(lengths, chunk=7):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.training import TrainConfig, TrainPlan, plan_workers
+from pipelines.training.config import TrainConfig, TrainPlan, plan_workers
 
 LAPTOP = [{"CPU": 2.0, "memory": 1e10}]
 

@@ -118,7 +118,8 @@ def test_the_same_rule_holds_for_an_encoder_only_tagger_saved_with_a_head(ray_cl
     """--arch encoder on a saved 3-way token classifier: its head takes the data's names, or a size error."""
     from ner_core.labels import LabelMismatchError
     from pipelines.labelled_data import read_labelled
-    from pipelines.training import TrainConfig, _labels_for
+    from pipelines.training.config import TrainConfig
+    from pipelines.training.driver import _labels_for
 
     cfg = TrainConfig(arch="encoder", encoder=unnamed_decoder, train=str(iob_data / "train.txt"), output=str(tmp_path / "out"))
     assert _labels_for(cfg, read_labelled(cfg.train)).labels == ("O", "B", "I")

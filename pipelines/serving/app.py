@@ -30,8 +30,8 @@ from ner_core.documents import Document, document_from_text
 from pipelines.serving.config import ServeConfig
 from pipelines.serving.requests import Limits, RequestError, parse_body
 from pipelines.serving.stats import ReplicaStats
-from pipelines.tag_config import exception_line
-from pipelines.tag_model import ModelInfo, check_model, load_failure, local_model_dir
+from pipelines.tagging.config import exception_line
+from pipelines.tagging.model import ModelInfo, check_model, load_failure, local_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,13 @@ class TaggerServer:
     """One replica: the predictor, loaded once, and the routes of the HTTP API."""
 
     def __init__(self, cfg: ServeConfig, identity: str, board=None):
-        from pipelines.progress import Reporter
+        from pipelines.console.progress import Reporter
 
         self.cfg, self.identity = cfg, identity
         self.limits = Limits(cfg.max_chars, cfg.max_docs, cfg.max_body_bytes)
         self.stats = ReplicaStats()
         # One thread owns the model: torch gives every thread that runs its CPU kernels an
-        # OpenMP team of its own (see pipelines.tag_actor), and the event loop stays free
+        # OpenMP team of its own (see pipelines.tagging.actor), and the event loop stays free
         # to parse requests and gather the next batch while a model call runs.
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="serve-model")
         self.predictor, self.device = self._model_thread.submit(self._load).result()

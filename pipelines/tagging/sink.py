@@ -2,12 +2,12 @@
 
 Each write call gets the blocks of one output task and writes, per source file,
 one piece of tagged rows and one piece of error records into the output's
-staging area (``tag_store.OutputStore``). The driver commits a source file once
+staging area (``store.OutputStore``). The driver commits a source file once
 all its rows are there, so the output only ever holds whole files.
 
 JSONL input comes back field for field from each row's original line (values
 exactly as read); to Parquet, each field gets one type for the whole job
-(``tag_input.scan_jsonl_columns``, which runs beside the tagging), or JSON text when
+(``reader.scan_jsonl_columns``, which runs beside the tagging), or JSON text when
 its type varies.
 """
 
@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from ray.data.datasource import Datasink
 
-from pipelines.tag_input import ERROR, INTERNAL_PREFIX, OUTPUT_COLUMNS, RAW, ROW, SRC, decode_type
-from pipelines.tag_store import OutputStore, Piece, jsonl_bytes, parquet_bytes
+from pipelines.tagging.reader import ERROR, INTERNAL_PREFIX, OUTPUT_COLUMNS, RAW, ROW, SRC, decode_type
+from pipelines.tagging.store import OutputStore, Piece, jsonl_bytes, parquet_bytes
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class TaggedOutputSink(Datasink):
         self.output = output
         self.input_format = input_format
         # JSONL -> Parquet: field -> its type for the job, None: JSON text; or the ObjectRef of
-        # the scan still running beside the tagging (tag_input.scan_jsonl_columns)
+        # the scan still running beside the tagging (reader.scan_jsonl_columns)
         self.jsonl_types = jsonl_types if jsonl_types is not None else {}
         self.rows_per_file = rows_per_file
         self.output_format = output_format

@@ -19,10 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow as pa
 
-from pipelines.tag_config import TagPlan
-from pipelines.tag_input import ERROR, RAW, raw_row
-from pipelines.tag_model import cached_tokenizer, load_failure, local_model_dir
-from pipelines.tag_preprocess import from_columns, input_columns, prepare
+from pipelines.tagging.config import TagPlan
+from pipelines.tagging.reader import ERROR, RAW, raw_row
+from pipelines.tagging.model import cached_tokenizer, load_failure, local_model_dir
+from pipelines.tagging.preprocess import from_columns, input_columns, prepare
 
 ENTITY_TYPE = pa.struct([("type", pa.string()), ("start", pa.int64()), ("end", pa.int64()), ("text", pa.string()), ("score", pa.float32())])
 
@@ -43,12 +43,12 @@ class TagActor:
         from ner_core.precision import for_inference
         from ner_core.predictor import Predictor
         from ner_core.runtime import load_runtime
-        from pipelines.progress import Reporter
+        from pipelines.console.progress import Reporter
 
         torch.set_num_threads(plan.torch_threads)
         path = local_model_dir(plan.model, plan.model_identity)
         device = "cuda" if plan.use_gpu and torch.cuda.is_available() else "cpu"
-        try:  # the driver only read the model's files (tag_model.check_model): a load failure is reported here
+        try:  # the driver only read the model's files (model.check_model): a load failure is reported here
             engine = load_runtime(path, plan.runtime, threads=plan.torch_threads)  # torch, or ONNX Runtime (exported once per model version, cached)
             tokenizer = cached_tokenizer(plan.model, plan.model_identity)
         except Exception as exc:  # noqa: BLE001 - any loading failure means the same thing to the user

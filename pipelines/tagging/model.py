@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from pipelines.tag_config import TagRunError, exception_line
+from pipelines.tagging.config import TagRunError, exception_line
 
 
 def model_identity(model: str) -> str:

@@ -1,6 +1,6 @@
 """Each job's plan, live progress and summary, in the words of that job.
 
-``pipelines.console`` knows how to draw; this module knows what a training,
+``pipelines.console.terminal`` knows how to draw; this module knows what a training,
 tagging or evaluation run should say: the plan before any work, the stage
 lines while it runs, and the summary with every path a user needs next.
 """
@@ -12,8 +12,8 @@ import time
 
 import ray
 
-from pipelines.console import Stage, echo, format_duration, print_plan, print_summary
-from pipelines.progress import Follower
+from pipelines.console.terminal import Stage, echo, format_duration, print_plan, print_summary
+from pipelines.console.progress import Follower
 
 
 def cluster_line() -> str:
@@ -41,7 +41,7 @@ def ray_logs_hint() -> str:
 
 
 def training_plan(cfg, workers) -> None:
-    """``workers``: the run's ``pipelines.training.WorkerPlan`` (what was chosen, and why)."""
+    """``workers``: the run's ``pipelines.training.config.WorkerPlan`` (what was chosen, and why)."""
     if cfg.init_from:
         model = f"{cfg.arch} tagger from {cfg.init_from}" + (", new classifier for the data's labels" if cfg.new_head else "")
     else:
@@ -71,7 +71,7 @@ class TrainingMonitor:
     """Draws rank 0's progress (one line per epoch) and writes it to TensorBoard as it arrives.
 
     Used as a context manager around ``trainer.fit()``; ``board`` goes into the
-    train loop's config so rank 0 can report to it (``pipelines.progress.Reporter``).
+    train loop's config so rank 0 can report to it (``pipelines.console.progress.Reporter``).
     """
 
     def __init__(self, epochs: int, tensorboard_dir: str | None):

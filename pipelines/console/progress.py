@@ -5,7 +5,7 @@ prefixed with ``(RayTrainWorker pid=...)``, interleaved with everything else,
 and replays a finished progress bar after the job's result. Instead, workers
 push small events to a ``ProgressBoard`` actor (no CPUs reserved, so it never
 competes with the job for cores) and a thread on the driver drains it twice a
-second and draws them (``pipelines.console``) or writes them elsewhere
+second and draws them (``pipelines.console.terminal``) or writes them elsewhere
 (TensorBoard). The worker-side ``Reporter`` is fire-and-forget: it never waits
 on the board and never fails the job because of it.
 """

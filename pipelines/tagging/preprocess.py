@@ -26,9 +26,9 @@ from ner_core.alignment import WindowArrays
 from ner_core.documents import BadRow, Document, document_from_text, document_from_tokens
 from ner_core.predictor import WindowEncoder
 from ner_core.text import Word
-from pipelines.tag_config import TagPlan
-from pipelines.tag_input import ERROR, INTERNAL_PREFIX, RAW, check_output_clash, raw_row
-from pipelines.tag_model import cached_tokenizer
+from pipelines.tagging.config import TagPlan
+from pipelines.tagging.reader import ERROR, INTERNAL_PREFIX, RAW, check_output_clash, raw_row
+from pipelines.tagging.model import cached_tokenizer
 
 WINDOW_COLUMNS = ("__win_ids", "__win_words", "__win_first", "__win_end")
 WORD_COLUMNS = ("__text", "__starts", "__ends")  # raw text rows: the text and each word's character span

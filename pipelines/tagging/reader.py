@@ -14,7 +14,7 @@ tagger reads: JSON has no schema, so a field may be ``3`` in one row and
 ``"d-4"`` in the next, or in the next file, and blocks typed independently
 would disagree (Ray fails concatenating them) or need values re-encoded. The
 writer gives each row's values back from its original text (see
-``tag_sink.TaggedOutputSink``; Parquet output types each column once per job
+``sink.TaggedOutputSink``; Parquet output types each column once per job
 from ``scan_jsonl_columns``, which runs beside the tagging).
 
 Small files share read tasks (``pack_files``, up to ``READ_TASK_BYTES`` a task) and
@@ -52,7 +52,7 @@ from ray.data.datasource import Datasource, ReadTask
 
 from ner_core.documents import BadRow, check_row
 from pipelines.storage import fsspec_filesystem, is_s3, strip_scheme
-from pipelines.tag_config import exception_line
+from pipelines.tagging.config import exception_line
 
 SRC, ROW, ERROR, RAW = "__src", "__row", "__error", "__raw"
 INTERNAL_PREFIX = "__"
@@ -198,7 +198,7 @@ def pack_files(sources: list[tuple[str, str, int]], tasks: int | None = None) ->
 
 class TaggingInput(Datasource):
     """Reads ``sources`` ([(path, key, size)]) of one format; reports each file to ``reports``
-    (``tag_store.ReadReports``): the rows it read, or why it could not read them."""
+    (``store.ReadReports``): the rows it read, or why it could not read them."""
 
     def __init__(
         self,

@@ -3,19 +3,19 @@
 A row travels through these modules, in this order, all streaming (memory does
 not grow with the corpus):
 
-1. ``tag_input.TaggingInput`` (read tasks, small files packed together): Parquet/JSONL
+1. ``reader.TaggingInput`` (read tasks, small files packed together): Parquet/JSONL
    files in blocks; each row keeps its source file and row number, unparseable rows
    become error rows; each file's row count is reported to the store.
-2. ``tag_preprocess.preprocess`` (tasks on GPU, in the actor on CPU; ``--preprocess``): row -> words (+ character offsets for raw
+2. ``preprocess.preprocess`` (tasks on GPU, in the actor on CPU; ``--preprocess``): row -> words (+ character offsets for raw
    text) -> subword windows.
-3. ``tag_actor.TagActor`` (an actor pool, the model loaded once per actor): batched,
+3. ``actor.TagActor`` (an actor pool, the model loaded once per actor): batched,
    length-sorted inference; one label per word, entity spans.
-4. ``tag_sink.TaggedOutputSink``: pieces per source file into staging; this driver
-   commits files once all their rows are there, many in one pass (``tag_store``), which
+4. ``sink.TaggedOutputSink``: pieces per source file into staging; this driver
+   commits files once all their rows are there, many in one pass (``store``), which
    is what makes a killed job resumable with nothing lost and nothing written twice.
 
-Settings: ``tag_config.TagConfig`` (the command line) becomes one ``TagPlan`` here,
-after the model (``tag_model``) and the input have been checked.
+Settings: ``config.TagConfig`` (the command line) becomes one ``TagPlan`` here,
+after the model (``model``) and the input have been checked.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from dataclasses import asdict
 
 from pipelines.cluster import parse_resources, require_reachable
 from pipelines.storage import input_files
-from pipelines.tag_config import EXTENSIONS, OUTPUT_SETTINGS, TagConfig, TagPlan, TagRunError, arithmetic, infer_format
-from pipelines.tag_input import TaggingInput, scan_jsonl_columns
-from pipelines.tag_model import check_model
-from pipelines.tag_sink import TaggedOutputSink
-from pipelines.tag_store import OutputStore, source_key
+from pipelines.tagging.config import EXTENSIONS, OUTPUT_SETTINGS, TagConfig, TagPlan, TagRunError, arithmetic, infer_format
+from pipelines.tagging.reader import TaggingInput, scan_jsonl_columns
+from pipelines.tagging.model import check_model
+from pipelines.tagging.sink import TaggedOutputSink
+from pipelines.tagging.store import OutputStore, source_key
 
 __all__ = ["TagConfig", "TagRunError", "run_tagging"]
 
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
     """Tag every input file not yet committed in ``cfg.output``; returns the manifest."""
-    from pipelines.job_console import estimate_rows, tagging_plan
+    from pipelines.console.jobs import estimate_rows, tagging_plan
 
     if not cfg.model or not cfg.input or not cfg.output:
         raise TagRunError("--model, --input and --output are required")
@@ -163,11 +163,11 @@ def _run_pipeline(cfg: TagConfig, plan: TagPlan, store: OutputStore, pending: li
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
-    from pipelines.console import verbose
-    from pipelines.job_console import TaggingMonitor
+    from pipelines.console.terminal import verbose
+    from pipelines.console.jobs import TaggingMonitor
     from pipelines.ray_env import worker_env_vars
-    from pipelines.tag_actor import TagActor
-    from pipelines.tag_preprocess import preprocess
+    from pipelines.tagging.actor import TagActor
+    from pipelines.tagging.preprocess import preprocess
 
     DataContext.get_current().enable_progress_bars = progress and verbose()  # Ray Data's own bars; ours is TaggingMonitor's line
     monitor = TaggingMonitor(total_rows, show=progress)

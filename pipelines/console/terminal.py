@@ -14,7 +14,7 @@ job runs with ``--verbose``. Warnings still reach the console, except the few
 below that tell a user nothing they can act on; Ray Data's error records about a
 failed task (a traceback, retry advice) stay in its log file, as the job reports
 the same failure in one line. Progress from Ray Train workers
-reaches the console through ``pipelines.progress`` instead of forwarded prints.
+reaches the console through ``pipelines.console.progress`` instead of forwarded prints.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from pipelines.options import ADVANCED, IO, MODEL, RESOURCES, option
 from pipelines.storage import is_s3
 
 if TYPE_CHECKING:
-    from pipelines.tag_model import ModelInfo
+    from pipelines.tagging.model import ModelInfo
 
 FORMATS = ("parquet", "jsonl")
 PREPROCESS = ("auto", "tasks", "actor")

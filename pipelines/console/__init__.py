@@ -1,0 +1,1 @@
+"""What the jobs print: plan lines, progress with rate and ETA, summaries; Ray's own output kept off the terminal."""
