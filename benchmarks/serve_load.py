@@ -350,7 +350,7 @@ def main() -> None:
     ap.add_argument("--work", default=os.path.join(ROOT, "bench_out", "serve_load"))
     ap.add_argument("--threads", type=int, default=2, help="model threads, every contender")
     ap.add_argument("--mixed-precision", default="none", help="none (fp32) | bf16, every contender")
-    ap.add_argument("--batch-wait-ms", type=float, default=5.0)
+    ap.add_argument("--batch-wait-ms", type=float, default=50.0, help="the server's --batch-wait-ms (its default)")
     ap.add_argument("--seconds", type=float, default=10.0, help="per condition, at most")
     ap.add_argument("--max-requests", type=int, default=3000, help="per condition, at most")
     ap.add_argument("--conditions", default="1x1,1x8,1x32,32x1,32x8,32x32", help="SENTENCESxCONCURRENCY per request, comma-separated")

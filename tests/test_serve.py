@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 import types
 import urllib.error
 import urllib.request
@@ -140,8 +141,8 @@ def server(ray_cluster, tiny_tagger):
     from pipelines.serving.app import tagger_app
 
     port = _free_port()
-    # a long batch wait, so that concurrent requests certainly meet in one batch
-    cfg = ServeConfig(model=tiny_tagger, port=port, cpus_per_replica=0.5, max_batch_size=16, batch_wait_ms=50, max_chars=5000, max_docs=16, **WINDOWS)
+    # a long batch wait, so that concurrent requests certainly meet in one batch (a lone one does not wait)
+    cfg = ServeConfig(model=tiny_tagger, port=port, cpus_per_replica=0.5, max_batch_size=16, batch_wait_ms=2000, max_chars=5000, max_docs=16, **WINDOWS)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(tagger_app(cfg), name="ray-ner-test", route_prefix="/")
     try:
@@ -174,7 +175,7 @@ def test_health_and_model_identity(server, tiny_tagger):
     assert _call(f"{server}/healthz") == (200, {"status": "ok"})
     status, info = _call(f"{server}/v1/model")
     assert status == 200 and info["identity"] == model_identity(tiny_tagger) and info["labels"] == CONLL_LABELS
-    assert info["settings"]["max_length"] == 24 and info["batching"] == {"max_batch_size": 16, "batch_wait_ms": 50}
+    assert info["settings"]["max_length"] == 24 and info["batching"] == {"max_batch_size": 16, "batch_wait_ms": 2000}
 
 
 @pytest.mark.slow
@@ -239,6 +240,14 @@ def test_a_document_that_breaks_the_model_fails_alone_over_http(server):
     for i in (0, 2):
         _check_document(out["documents"][i], texts[i])
     assert _call(f"{server}/healthz")[0] == 200  # one bad document is not a broken model
+
+
+@pytest.mark.slow
+def test_a_request_alone_starts_its_model_call_without_the_batch_wait(server):
+    started = time.perf_counter()
+    status, out = _call(f"{server}/v1/tag", {"texts": ["Ada Lovelace lived in London.", "Paris is in France."]})
+    assert status == 200 and len(out["documents"]) == 2
+    assert time.perf_counter() - started < 1.0  # the server's batch wait is 2 s: it applies only with company
 
 
 @pytest.mark.slow

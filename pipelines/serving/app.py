@@ -3,7 +3,8 @@
 A request travels: ``POST /v1/tag`` -> ``requests.parse_body`` (a 4xx here for bad
 input, before the model sees it) -> one ``tag_batch`` call per document, which
 ``@serve.batch`` gathers across concurrent requests into one model call of up to
-``--max-batch-size`` documents -> the predictor, on the replica's model thread ->
+``--max-batch-size`` documents (a request alone does not wait for others; with several
+in flight a call waits up to ``--batch-wait-ms`` for more) -> the predictor, on the replica's model thread ->
 each document's result (the request's ``min_score`` applied), in input order.
 
 The model loads in ``__init__``: Serve sends a replica no traffic until its
@@ -77,7 +78,7 @@ class TaggerServer:
         self.predictor, self.device = self._model_thread.submit(self._load).result()
         self.healthy = True  # the warm-up answered; false while the model fails whole batches
         self.tag_batch.set_max_batch_size(cfg.max_batch_size)
-        self.tag_batch.set_batch_wait_timeout_s(cfg.batch_wait_ms / 1000)
+        self._requests_in_flight = 0
         self.reporter = Reporter(board)  # per-second deltas for the ray-ner serve console, if one started us
         self._pusher: Optional[asyncio.Task] = None
 
@@ -132,12 +133,22 @@ class TaggerServer:
             return self._answer(started, exc.status, exc.body())
         try:
             min_score = self.cfg.min_score if req.min_score is None else req.min_score
-            results = await asyncio.gather(*(self.tag_batch((doc, min_score)) for doc in req.documents))
+            results = await self._tag_documents([(doc, min_score) for doc in req.documents])
         except Exception as exc:  # noqa: BLE001 - a server fault, not the request's: no traceback to the client
             log.exception("tagging a request failed")
             return self._answer(started, 500, {"error": {"field": None, "reason": f"internal error: {type(exc).__name__}"}})
         docs = [r.to_dict() for r in results]
         return self._answer(started, 200, {"documents": docs}, len(docs), sum("error" in d for d in docs))
+
+    async def _tag_documents(self, items: list[tuple[Document, Optional[float]]]) -> list[Any]:
+        # A request alone starts its model call at once; with others in flight, the call waits
+        # up to --batch-wait-ms for more documents, so batches grow with the load.
+        self._requests_in_flight += 1
+        self.tag_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_ms / 1000 if self._requests_in_flight > 1 else 0.0)
+        try:
+            return await asyncio.gather(*(self.tag_batch(item) for item in items))
+        finally:
+            self._requests_in_flight -= 1
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:

@@ -28,7 +28,7 @@ class ServeConfig:
     torch_threads: int | None = field(default=None, metadata=option("model threads per replica (default: its CPUs, at least 1)", group=RESOURCES))
     # Documents, not requests: a request of 32 texts is 32 items of the batch.
     max_batch_size: int = field(default=32, metadata=option("documents per model call, at most", group=ADVANCED))
-    batch_wait_ms: float = field(default=5.0, metadata=option("how long a model call waits for more documents before it starts", group=ADVANCED))
+    batch_wait_ms: float = field(default=50.0, metadata=option("with other requests in flight, how long a model call waits for more documents (a request alone never waits)", group=ADVANCED))
     # Serve's default (5) would cap a replica's batch at 5 one-document requests.
     max_ongoing_requests: int = field(default=64, metadata=option("requests a model copy takes at once; more wait in the proxy", group=ADVANCED))
     mixed_precision: str = field(default="auto", metadata=option("auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | none", group=MODEL, essential=True, metavar="MODE"))
