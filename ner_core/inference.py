@@ -14,37 +14,50 @@ class InferenceSettings:
 
     max_length: int = 256
     stride: int = 64
-    batch_size: int = 64  # windows per forward pass, at most (see ``length_batches``)
+    batch_size: int = 64  # windows per forward pass, at most (see ``batch_policy``)
     # Also positions per forward pass (windows x padded length), at most, so short windows go
-    # in larger batches and long ones in smaller. None: the device's default, below.
+    # in larger batches and long ones in smaller. None: the device's default (``batch_policy``).
     batch_tokens: int | None = None
-    gpu_batch_tokens: int = 8192
-    # On CPU this keeps sentence-length windows in full batches and splits the end of each
-    # call's length sort, its longest windows, into smaller batches: one batch padded to the
-    # longest window otherwise held most of the padding (docs/performance.md).
-    cpu_batch_tokens: int = 2048
-    # On GPU, a batch closes early rather than pad more than this share of its positions:
-    # windows sorted within a few thousand sentences still differ a lot in the long tail
-    # (batches of 64 CoNLL windows padded 10% of their positions, with this 2.4%).
-    max_padding: float | None = 0.05
-    # Pad each batch to a multiple of this many positions, on GPU only (tensor-core friendly
-    # shapes). On CPU every padded position is computed for nothing, so batches pad exactly.
-    pad_to_multiple_of: int | None = 8
-    # ... except for bf16 weights on CPU, where memory follows the input shapes: oneDNN keeps
-    # kernels per shape, so exact padding grows an actor's memory with every new length.
-    # Lengths round up within octaves (``padded_length``): few shapes, little extra padding.
-    cpu_bf16_lengths_per_octave: int | None = 8
     context_length: int = 0  # document-context subwords per side (see ner_core.alignment); the training run's
     temperature: float = 1.0  # logits are divided by it before the softmax (fitted on dev by jobs.train)
 
-    def batching(self, device_type: str, weights_dtype=None) -> tuple:
-        """(max windows, max positions, max padding share, pad multiple, lengths per octave) of a forward
-        pass on this device (see ``length_batches``). On CPU no padding share: kernels there are made and
-        kept per input shape, and batches cut by padding come in hundreds of shapes."""
-        if device_type == "cuda":
-            return (self.batch_size, self.batch_tokens or self.gpu_batch_tokens, self.max_padding, self.pad_to_multiple_of, None)
-        bf16 = str(weights_dtype) == "torch.bfloat16"
-        return (self.batch_size, self.batch_tokens or self.cpu_batch_tokens, None, None, self.cpu_bf16_lengths_per_octave if bf16 else None)
+    def batching(self, device_type: str, compute_dtype=None) -> "BatchPolicy":
+        """The forward-pass batching of these settings on this device (``batch_policy``)."""
+        return batch_policy(device_type, compute_dtype, max_windows=self.batch_size, max_tokens=self.batch_tokens)
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How windows become forward passes, for inference and training alike: sorted by length,
+    cut at ``max_windows`` windows or ``max_tokens`` positions (``length_batches``), each batch
+    padded to ``width`` of its longest window (``ner_core.alignment.padded_length``)."""
+
+    max_windows: int
+    max_tokens: int | None = None
+    max_padding: float | None = None  # close a batch before it pads more than this share
+    pad_to_multiple_of: int | None = None
+    lengths_per_octave: int | None = None
+
+    def width(self, length: int) -> int:
+        return padded_length(length, self.pad_to_multiple_of, self.lengths_per_octave)
+
+    def batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        return length_batches(lengths, self.max_windows, self.max_tokens, self.max_padding, self.pad_to_multiple_of, self.lengths_per_octave)
+
+
+def batch_policy(device_type: str, compute_dtype=None, *, max_windows: int = 64, max_tokens: int | None = None) -> BatchPolicy:
+    """The one batching rule, by device and the dtype its kernels run in (bf16 weights or autocast).
+
+    GPU: 8,192 positions, lengths padded to a multiple of 8 (tensor-core shapes), a batch closed
+    before it pads 5% of its positions. CPU: 2,048 positions (sentence-length windows in full
+    batches, the longest of a call in smaller ones); fp32 pads exactly (every padded position is
+    computed for nothing), bf16 rounds lengths within octaves because oneDNN makes and keeps
+    bf16 kernels per input shape (docs/performance.md, "Batch padding on CPU").
+    """
+    if device_type == "cuda":
+        return BatchPolicy(max_windows, max_tokens or 8192, max_padding=0.05, pad_to_multiple_of=8)
+    bf16 = str(compute_dtype) == "torch.bfloat16"
+    return BatchPolicy(max_windows, max_tokens or 2048, lengths_per_octave=8 if bf16 else None)
 
 
 def length_batches(

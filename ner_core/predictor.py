@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from ner_core.alignment import DEFAULT_STRIDE, WindowArrays, encode_batch, fitted_stride, padded_length, special_token_count
+from ner_core.alignment import DEFAULT_STRIDE, WindowArrays, encode_batch, fitted_stride, special_token_count
 from ner_core.decoding import Decoded, LabelTable, decode_probabilities, labels_of, word_spans
 from ner_core.documents import Document
-from ner_core.inference import InferenceSettings, length_batches
+from ner_core.inference import InferenceSettings
 from ner_core.labels import LabelMap
 
 INFERENCE_FILE = "inference.json"
@@ -153,7 +153,7 @@ class Predictor:
 
         self.crf = crf_of(model)  # a CRF head decodes each window's words by Viterbi
         self.table = LabelTable.of(self.labels)
-        self.batching = settings.batching(self.device.type, _weights_dtype(self.model))
+        self.batching = settings.batching(self.device.type, autocast_dtype or _weights_dtype(self.model))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     @classmethod
@@ -222,15 +222,14 @@ class Predictor:
         chosen_pos, chosen_word = chosen_pos[by_window], chosen_word[by_window]
         per_window = np.bincount(windows.window_of(chosen_pos), minlength=len(windows))
         chosen_start = np.concatenate(([0], np.cumsum(per_window)))
-        max_windows, max_tokens, max_padding, multiple, per_octave = self.batching
         temperature = float(self.settings.temperature if temperature is None else temperature)
         normalise = torch.log_softmax if log else torch.softmax
         done = 0
         with torch.inference_mode(), self._autocast():
-            for batch in length_batches(lengths.tolist(), max_windows, max_tokens, max_padding, multiple, per_octave):
+            for batch in self.batching.batches(lengths.tolist()):
                 k = np.asarray(batch, np.int64)
                 n = lengths[k]
-                width = padded_length(int(n.max()), multiple, per_octave)
+                width = self.batching.width(int(n.max()))
                 src = _ranges(windows.offsets[k], n)
                 rows = np.repeat(np.arange(len(k)), n)
                 cols = src - np.repeat(windows.offsets[k], n)

@@ -1,5 +1,7 @@
 """``--mixed-precision`` means the same thing in training, evaluation and tagging."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -80,5 +82,6 @@ def test_bf16_weights_on_cpu_pad_batches_to_a_few_shapes_with_the_same_labels(ti
     assert widths["bf16"] == {padded_length(n, None, 8) for n in range(3, 42)} and len(widths["bf16"]) < len(widths["fp32"]) * 2 // 3
     cast = for_inference(load(), "bf16", "cpu")[0]
     padded = Predictor(cast, tokenizer, InferenceSettings(batch_size=1))
-    exact = Predictor(cast, tokenizer, InferenceSettings(batch_size=1, cpu_bf16_lengths_per_octave=None))
+    exact = Predictor(cast, tokenizer, InferenceSettings(batch_size=1))
+    exact.batching = dataclasses.replace(exact.batching, lengths_per_octave=None)
     assert padded.predict_ids(docs) == exact.predict_ids(docs)

@@ -20,7 +20,7 @@ def _stream(lengths, chunk=7):
 
 
 def _batches(lengths, windows, seed=0, **kw):
-    args = dict(batch_size=4, pool=12, pad_id=0, pad_to_multiple_of=None) | kw
+    args = dict(batch_size=4, pool=12, pad_id=0) | kw
     return list(length_grouped_batches(_stream(lengths), windows=windows, rng=np.random.default_rng(seed), **args))
 
 
@@ -55,3 +55,15 @@ def test_batches_group_lengths_within_a_pool_and_the_seed_changes_only_the_order
 def test_a_short_shard_is_an_error_not_a_hang():
     with pytest.raises(ValueError, match="the shard ended after 10 windows; this worker's share is 11"):
         _batches([3] * 10, windows=11)
+
+
+def test_training_pads_its_batches_as_inference_does_on_the_same_device():
+    import torch
+
+    from ner_core.inference import batch_policy
+
+    lengths = [3, 17, 23, 33]
+    for device, dtype, widths in (("cpu", None, [3, 17, 23, 33]), ("cpu", torch.bfloat16, [3, 18, 24, 36]), ("cuda", torch.bfloat16, [8, 24, 24, 40])):
+        policy = batch_policy(device, dtype)
+        batches = _batches(lengths, windows=4, batch_size=1, pool=4, width=policy.width)
+        assert sorted(b.input_ids.shape[1] for b in batches) == widths == [policy.width(n) for n in lengths]

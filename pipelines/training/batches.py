@@ -10,14 +10,14 @@ one pool of windows in the worker, whatever the size of the data.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ner_core.alignment import IGNORE_INDEX, padded_length
+from ner_core.alignment import IGNORE_INDEX
 
 
 @dataclass
@@ -65,7 +65,7 @@ def length_grouped_batches(
     pool: int,
     rng: np.random.Generator,
     pad_id: int,
-    pad_to_multiple_of: int | None = 8,
+    width: Callable[[int], int] = int,
 ) -> Iterator[Batch]:
     """The first ``windows`` windows of ``stream`` in exactly ``ceil(windows / batch_size)`` batches.
 
@@ -73,6 +73,8 @@ def length_grouped_batches(
     batch is short), shuffled with ``rng`` and stably sorted by length, then cut into
     batches that are yielded in a shuffled order: ties in length and the batch order
     change with ``rng``. Raises ValueError when ``stream`` ends before ``windows``.
+    Each batch is padded to ``width`` of its longest window: the
+    device's ``ner_core.inference.batch_policy``, as in inference (exact by default).
     """
     if pool % batch_size:
         raise ValueError(f"pool ({pool}) must be a multiple of batch_size ({batch_size})")
@@ -90,10 +92,10 @@ def length_grouped_batches(
         while held >= pool or (held and taken + held == windows):
             ready, rest = _Windows.concat(parts).split(min(pool, held))
             parts, held, taken = [rest], held - len(ready), taken + len(ready)
-            yield from _pool_batches(ready, batch_size, rng, pad_id, pad_to_multiple_of)
+            yield from _pool_batches(ready, batch_size, rng, pad_id, width)
 
 
-def _pool_batches(w: _Windows, batch_size: int, rng: np.random.Generator, pad_id: int, multiple: int | None) -> Iterator[Batch]:
+def _pool_batches(w: _Windows, batch_size: int, rng: np.random.Generator, pad_id: int, width: Callable[[int], int]) -> Iterator[Batch]:
     starts = np.cumsum(w.lengths) - w.lengths
     order = rng.permutation(len(w))
     order = order[np.argsort(w.lengths[order], kind="stable")]
@@ -101,12 +103,12 @@ def _pool_batches(w: _Windows, batch_size: int, rng: np.random.Generator, pad_id
     for k in rng.permutation(len(cuts)):
         rows = cuts[k]
         lengths = w.lengths[rows]
-        width = padded_length(int(lengths.max()), multiple)
-        mask = np.arange(width) < lengths[:, None]
+        padded = width(int(lengths.max()))
+        mask = np.arange(padded) < lengths[:, None]
         # where each real position's value sits in the flat arrays, in row-major order of the batch
         source = np.repeat(starts[rows] - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
-        ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-        labels = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
+        ids = np.full((len(rows), padded), pad_id, dtype=np.int64)
+        labels = np.full((len(rows), padded), IGNORE_INDEX, dtype=np.int64)
         ids[mask] = w.ids[source]
         labels[mask] = w.labels[source]
         yield Batch(ids, mask.astype(np.int64), labels, int(lengths.sum()))
