@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-import ray.train
 
 from ner_core.alignment import special_token_count
 from ner_core.predictor import resolve_settings
