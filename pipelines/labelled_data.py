@@ -139,6 +139,11 @@ def _normalise(batch: pa.Table, scheme: str, repair_invalid: bool) -> pa.Table:
     )
 
 
+def labelled_files(path: str) -> list[str]:
+    """Every labelled file (CoNLL, JSONL, Parquet) under a file, folder or glob; FileNotFoundError if none."""
+    return expand_inputs(path, CONLL_EXTENSIONS + tuple(FORMAT_EXTENSIONS))
+
+
 def read_labelled(
     path: str,
     *,
@@ -157,7 +162,7 @@ def read_labelled(
     without them, Reuters datelines (``datelines``, see ``ner_core.conll.infer_documents``).
     """
     check_documents(documents)
-    files = expand_inputs(path, CONLL_EXTENSIONS + tuple(FORMAT_EXTENSIONS))
+    files = labelled_files(path)
     # Let a data error reach the driver as itself (ConllFormatError with file:line),
     # not as a generic "UDF failed" wrapper whose cause is lost in pickling.
     ray.data.DataContext.get_current().raise_original_map_exception = True

@@ -23,6 +23,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ner_core.report import search_report
 from ner_core.search_space import Param, describe, load_search, spread
 from pipelines.console.terminal import echo, format_duration, print_plan, print_summary
+from pipelines.labelled_data import labelled_files
 from pipelines.options import IO, RESOURCES, TRAINING, option
 from pipelines.storage import fsspec_filesystem, is_s3, join_path, path_exists, strip_scheme
 from pipelines.training.config import TrainConfig
@@ -84,6 +86,11 @@ class SearchConfig(TrainConfig):
     def train_settings(self) -> TrainConfig:
         """The training settings every trial starts from."""
         return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
+
+
+class TrialsFailed(ValueError):
+    """No trial (or not every seed) finished; the message names each failed trial's reason.
+    A ValueError, as the tagging job's run errors, so the command prints it as one line."""
 
 
 class SearchInterrupted(Exception):
@@ -152,8 +159,22 @@ def _row(trial_id: str, settings: dict, history: list[dict], output: str, error:
     seen = [v for v in f1 if v is not None]
     finished = path_exists(join_path(output, "metrics.json"))
     status = "error" if error else "finished" if finished else "stopped"
-    message = " ".join(str(error).split())[:300] if error else ""
+    message = _reason(error)[:300] if error else ""
     return TrialRow(trial_id, settings, max(seen) if seen else None, epochs, status, per_epoch, output, message)
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)(\(\w+\))?: ")
+
+
+def _reason(error: BaseException | str) -> str:
+    """``Type: message`` of what failed a trial: the original exception, not Ray's wrapper and its traceback."""
+    cause = getattr(error, "cause", None)  # a RayTaskError's own exception
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {' '.join(str(cause).split())}"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    # a traceback's text ends with the exception's line and the rest of its message
+    start = max((i for i, line in enumerate(lines) if _EXCEPTION_LINE.match(line)), default=len(lines) - 1)
+    return " ".join(lines[start:]) if lines else "failed"
 
 
 def _settings_text(settings: dict) -> str:
@@ -185,7 +206,16 @@ class _TrialLines(tune.Callback):
         self._line(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trial, error=getattr(trial, "error_msg", None) or "failed")
+        self._line(trial, error=_error_text(trial) or "failed")
+
+
+def _error_text(trial) -> str | None:
+    """The traceback Tune wrote for a failed trial (its last line names the exception)."""
+    try:
+        with open(trial.error_file, encoding="utf-8") as fh:
+            return fh.read()
+    except (OSError, TypeError):  # not written (yet), or no local trial folder
+        return None
 
 
 def _tune_space(params: dict[str, Param]) -> dict[str, Any]:
@@ -212,6 +242,9 @@ def _run_search(base: TrainConfig, *, root: str, param_space: dict, names: list[
         raise FileExistsError(f"{root} holds an earlier search: pass --resume to continue it, or choose another --output")
     if resume and not path_exists(experiment):
         raise FileNotFoundError(f"--resume: no earlier search in {root}")
+    for data in (base.train, base.dev):
+        if data:
+            labelled_files(data)  # a missing file is one line here, not an error in every trial
     trainable = tune.with_resources(tune.with_parameters(_trial, base=base, root=root), {"cpu": trial_cpus})
     storage = _storage_args(root)  # S3 through the project's s3fs, as training's checkpoints
     if resume:
@@ -240,7 +273,7 @@ def _best(rows: list[TrialRow]) -> TrialRow:
     finished = [r for r in rows if r.status == "finished" and r.best_dev_f1 is not None]
     if not finished:
         errors = "; ".join(f"{r.trial}: {r.error}" for r in rows if r.error)[:500]
-        raise RuntimeError(f"no trial finished with a model{': ' + errors if errors else ''}")
+        raise TrialsFailed(f"no trial finished with a model{': ' + errors if errors else ''}")
     return max(finished, key=lambda r: r.best_dev_f1)
 
 
@@ -342,7 +375,7 @@ def run_seeds(cfg: TrainConfig) -> dict:
     best = _best(rows)
     failed = [r for r in rows if r.status != "finished"]
     if failed:
-        raise RuntimeError(f"{len(failed)} of {len(rows)} seeds did not finish: " + "; ".join(f"seed {r.settings['seed']}: {r.error or r.status}" for r in failed))
+        raise TrialsFailed(f"{len(failed)} of {len(rows)} seeds did not finish: " + "; ".join(f"seed {r.settings['seed']}: {r.error or r.status}" for r in failed))
     _copy_model(best.output, cfg.output)
     summary = _read_json(join_path(best.output, "metrics.json"))
     summary["seeds"] = {

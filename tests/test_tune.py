@@ -22,7 +22,7 @@ import yaml
 from jobs import tag as tag_job
 from jobs import train as train_job
 from jobs import tune as tune_job
-from jobs.cli import ConfigError
+from jobs.cli import ConfigError, run_main
 from ner_core.sample_data import make_sentences, make_texts, write_conll
 
 pytestmark = pytest.mark.slow  # each trial is a real Ray Train run
@@ -141,9 +141,12 @@ def test_bad_search_space_is_one_line_naming_the_key(train_yaml, tmp_path, searc
     assert "\n" not in str(err.value) and not (tmp_path / "out").exists()
 
 
-def test_train_with_seeds_reports_the_spread_of_dev_f1_and_keeps_the_best_seed(ray_cluster, train_yaml, tmp_path, capsys):
+def test_train_with_seeds_reports_the_spread_of_dev_f1_and_keeps_the_best_seed(ray_cluster, train_yaml, tmp_path, capsys, monkeypatch):
+    # data paths relative to where the command runs, as in the shipped configs
+    monkeypatch.chdir(train_yaml)
     output = tmp_path / "model"
-    assert train_job.main(["--config", str(train_yaml / "train.yaml"), "--output", str(output), "--seed", "5", "--seeds", "2"]) == 0
+    argv = ["--config", "train.yaml", "--train", "train.txt", "--dev", "dev.txt", "--output", str(output), "--seed", "5", "--seeds", "2"]
+    assert train_job.main(argv) == 0
     metrics = json.loads((output / "metrics.json").read_text())
     seeds = metrics["seeds"]
     runs = {r["seed"]: r["best_dev_f1"] for r in seeds["runs"]}
@@ -155,3 +158,13 @@ def test_train_with_seeds_reports_the_spread_of_dev_f1_and_keeps_the_best_seed(r
     assert seeds["best_seed"] == max(runs, key=runs.get) and metrics["config"]["seed"] == seeds["best_seed"]
     assert metrics["best_dev_f1"] == f1["max"] and (output / "model.safetensors").exists()
     assert "dev F1 over 2 seeds: mean" in capsys.readouterr().out
+
+
+def test_seeds_with_a_missing_training_file_stop_with_one_line_before_any_trial(ray_cluster, train_yaml, tmp_path, capsys):
+    argv = ["--config", str(train_yaml / "train.yaml"), "--train", str(tmp_path / "nowhere.txt"), "--output", str(tmp_path / "model"), "--seeds", "2"]
+    with pytest.raises(SystemExit) as exit_:
+        run_main(train_job.main, argv)
+    assert exit_.value.code != 0
+    err = capsys.readouterr().err
+    assert f"no input files at {tmp_path / 'nowhere.txt'}" in err and "Traceback" not in err
+    assert not (tmp_path / "model" / "_seeds").exists()

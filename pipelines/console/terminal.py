@@ -51,8 +51,8 @@ class _DropNoise(logging.Filter):
 
 
 class _DropRaisedErrors(logging.Filter):
-    """Ray Data's ERROR records about a failed task: the same failure is raised to the job,
-    which reports it as one line; the record (traceback, retry advice) stays in Ray's log file."""
+    """Ray Data's and Ray Tune's ERROR records about a failed task or trial: the job reports the
+    same failure as one line; the record (traceback, retry advice) stays in Ray's log file."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno < logging.ERROR
@@ -87,7 +87,7 @@ def quiet_ray_logs() -> None:
             # the file handlers keep everything; only what reaches the console is raised to WARNING
             if handler.get_name() == "console" or isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                 handler.setLevel(max(handler.level, logging.WARNING))
-                if name == "ray.data" and not any(isinstance(f, _DropRaisedErrors) for f in handler.filters):
+                if name in ("ray.data", "ray.tune") and not any(isinstance(f, _DropRaisedErrors) for f in handler.filters):
                     handler.addFilter(_DropRaisedErrors())
     # Ray Tune's newer console output prints its experiment box even at verbose=0; the older
     # engine honours it (read when a search starts; ray-ner tune prints its own plan and lines)

@@ -77,17 +77,19 @@ def _labels_for(cfg: TrainConfig, train_ds) -> LabelMap:
 
 
 def resolve_models(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` as the workers need it: local model folders as absolute paths, and an
-    ``--init-from`` tagger's architecture, decoder attention and case markers.
+    """``cfg`` as the workers need it: local data files and model folders as absolute paths,
+    and an ``--init-from`` tagger's architecture, decoder attention and case markers.
 
-    Ray Train workers and Ray Data tasks run in directories of Ray's own, so
-    ``--decoder ./my_decoder`` would be looked up there (then on the hub); a name
-    that is no local path (``distilbert-base-uncased``, ``minilm``) is left as is.
+    Ray Train workers, Ray Data tasks and Tune trials run in directories of Ray's own, so
+    ``--train ../data/train.txt`` or ``--decoder ./my_decoder`` would be looked up there (a
+    decoder then on the hub); a name that is no local path (``distilbert-base-uncased``,
+    ``minilm``) is left as is.
     The saved tagger is read from its files (no model load), so the plan, the workers
     and the run's ``metrics.json`` all say what is actually trained, and a folder that
     is not a whole saved tagger is a one-line error before any Ray work.
     """
     local = {k: os.path.abspath(v) for k in ("encoder", "decoder", "init_from") if (v := getattr(cfg, k)) and os.path.exists(v)}
+    local |= {k: os.path.abspath(v) for k in ("train", "dev") if (v := getattr(cfg, k)) and not is_s3(v)}
     cfg = dataclasses.replace(cfg, **local)
     if not cfg.init_from:
         return cfg
