@@ -188,10 +188,20 @@ def trial_line(row: TrialRow) -> str:
 
 
 class _TrialLines(tune.Callback):
-    """One console line per trial as it ends (restored with the experiment on ``--resume``)."""
+    """One console line per trial as it ends (restored with the experiment on ``--resume``);
+    with ``epoch_lines`` (``--seeds``: trials one at a time) a line per epoch as well."""
 
-    def __init__(self, root: str, names: list[str]):
-        self.root, self.names = root, names
+    def __init__(self, root: str, names: list[str], epoch_lines: bool = False, epochs: int | None = None):
+        self.root, self.names, self.epoch_lines, self.epochs = root, names, epoch_lines, epochs
+        self.started = time.monotonic()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if not self.epoch_lines or not result.get(TIME_ATTR):
+            return
+        f1 = result.get(METRIC)
+        scores = f"dev F1 {f1:.4f}" if isinstance(f1, float) else "no dev F1"
+        epoch = f"epoch {result[TIME_ATTR]}" + (f"/{self.epochs}" if self.epochs else "")
+        echo(f"  {_settings_text({k: trial.config.get(k) for k in self.names})}  {epoch}  {scores}  ({format_duration(time.monotonic() - self.started)} elapsed)")
 
     def _line(self, trial, error=None) -> None:
         settings = {k: trial.config.get(k) for k in self.names}
@@ -232,7 +242,7 @@ def _tune_space(params: dict[str, Param]) -> dict[str, Any]:
     return space
 
 
-def _run_search(base: TrainConfig, *, root: str, param_space: dict, names: list[str], num_samples: int, scheduler, concurrent: int | None, trial_cpus: float, resume: bool) -> list[TrialRow]:
+def _run_search(base: TrainConfig, *, root: str, param_space: dict, names: list[str], num_samples: int, scheduler, concurrent: int | None, trial_cpus: float, resume: bool, epoch_lines: bool = False) -> list[TrialRow]:
     """Run (or with ``resume`` restore and finish) the Tune experiment under ``root``; every trial's row.
 
     Raises ``SearchInterrupted`` if the search was stopped (Ctrl-C) before every trial ended.
@@ -254,7 +264,7 @@ def _run_search(base: TrainConfig, *, root: str, param_space: dict, names: list[
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler, num_samples=num_samples, max_concurrent_trials=concurrent),
-            run_config=tune.RunConfig(name=EXPERIMENT, **storage, verbose=0, callbacks=[_TrialLines(root, names)]),
+            run_config=tune.RunConfig(name=EXPERIMENT, **storage, verbose=0, callbacks=[_TrialLines(root, names, epoch_lines, None if base.max_steps else base.epochs)]),
         )
     results = tuner.fit()
     # Tune marks the trials it stops at Ctrl-C terminated too: only the marker says a trial ended
@@ -371,7 +381,7 @@ def run_seeds(cfg: TrainConfig) -> dict:
     seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
     root = search_root(cfg.output, None, default="_seeds")
     base = dataclasses.replace(cfg, seeds=1)
-    rows = _run_search(base, root=root, param_space={"seed": tune.grid_search(seeds)}, names=["seed"], num_samples=1, scheduler=None, concurrent=1, trial_cpus=TRIAL_CPUS, resume=cfg.resume)
+    rows = _run_search(base, root=root, param_space={"seed": tune.grid_search(seeds)}, names=["seed"], num_samples=1, scheduler=None, concurrent=1, trial_cpus=TRIAL_CPUS, resume=cfg.resume, epoch_lines=True)
     best = _best(rows)
     failed = [r for r in rows if r.status != "finished"]
     if failed:

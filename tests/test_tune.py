@@ -157,7 +157,9 @@ def test_train_with_seeds_reports_the_spread_of_dev_f1_and_keeps_the_best_seed(r
     # the saved model is the best seed's
     assert seeds["best_seed"] == max(runs, key=runs.get) and metrics["config"]["seed"] == seeds["best_seed"]
     assert metrics["best_dev_f1"] == f1["max"] and (output / "model.safetensors").exists()
-    assert "dev F1 over 2 seeds: mean" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "dev F1 over 2 seeds: mean" in out
+    assert "seed 5  epoch 1  dev F1 " in out and "seed 6  epoch 2  dev F1 " in out  # progress while the seeds run
 
 
 def test_seeds_with_a_missing_training_file_stop_with_one_line_before_any_trial(ray_cluster, train_yaml, tmp_path, capsys):
