@@ -33,23 +33,29 @@ sys.path.insert(0, ROOT)
 def batches(ids: list[list[int]], call_rows: int, pad: str, max_tokens: int | None = None, per_batch: int = 64):
     """(input_ids, attention_mask) tensors as jobs.tag's CPU actor would make them for ``call_rows``-row calls.
 
-    The order and the cuts are ``ner_core.inference.length_batches``' and the padding is
-    ``ner_core.alignment.pad_windows``', as in the actor's ``Predictor`` on CPU (at most 64
-    windows and ``--batch-tokens`` positions per batch).
+    The order and the cuts are ``ner_core.inference.length_batches``', as in the actor's
+    ``Predictor`` (at most 64 windows and ``--batch-tokens`` positions per batch).
     """
     import torch
 
-    from ner_core.alignment import Window, pad_windows
+    from ner_core.alignment import padded_length
     from ner_core.inference import length_batches
 
-    padding = (None, int(pad[1:])) if pad.startswith("o") else (int(pad) or None, None)  # (multiple, lengths per octave)
-    windows = [Window(x, [1] * len(x), [None] * len(x), None, 0, 0) for x in ids]
+    if pad.startswith("o"):  # lengths per octave, as the policy rounds bf16
+        width = lambda n: padded_length(n, int(pad[1:]))  # noqa: E731
+    else:  # a multiple of PAD (0: exact)
+        width = lambda n: -(-n // int(pad)) * int(pad) if int(pad) else n  # noqa: E731
     out = []
-    for start in range(0, len(windows), call_rows):
-        call = windows[start : start + call_rows]
-        for idx in length_batches([len(w.input_ids) for w in call], per_batch, max_tokens, None, *padding):
-            batch = pad_windows([call[i] for i in idx], 0, *padding)
-            out.append((torch.tensor(batch["input_ids"]), torch.tensor(batch["attention_mask"])))
+    for start in range(0, len(ids), call_rows):
+        call = ids[start : start + call_rows]
+        for idx in length_batches([len(x) for x in call], per_batch, max_tokens, width):
+            n = width(max(len(call[i]) for i in idx))
+            x = torch.zeros((len(idx), n), dtype=torch.long)
+            mask = torch.zeros_like(x)
+            for r, i in enumerate(idx):
+                x[r, : len(call[i])] = torch.tensor(call[i])
+                mask[r, : len(call[i])] = 1
+            out.append((x, mask))
     return out
 
 

@@ -117,7 +117,7 @@ def train_epoch(model, tokenizer, labels, data, gpu, device="cuda", limit=None) 
     _sync(device)
     mark, t0, tokens = gpu.mark(), time.perf_counter(), 0
     for batch in batches:
-        padded = {k: torch.tensor(v, device=device) for k, v in pad_windows(batch, tokenizer.pad_token_id, 8).items()}
+        padded = {k: torch.tensor(v, device=device) for k, v in pad_windows(batch, tokenizer.pad_token_id, lengths_per_octave=8).items()}
         tokens += int(padded["attention_mask"].sum())
         with torch.autocast(device, dtype=torch.bfloat16):
             loss = model(**padded).loss

@@ -320,18 +320,15 @@ def merge_window_predictions(windows: Sequence[Window], predictions: Sequence[Se
     return out.tolist()
 
 
-def padded_length(length: int, pad_to_multiple_of: int | None = None, lengths_per_octave: int | None = None) -> int:
+def padded_length(length: int, lengths_per_octave: int | None = None) -> int:
     """The length a batch is padded to when its longest window has ``length`` subwords.
 
-    ``pad_to_multiple_of``: round up to a multiple of it (tensor-core friendly shapes on GPU).
-    ``lengths_per_octave``: lengths up to twice this value stay exact; above, each span between
-    a power of two and the next holds this many lengths (with 8: exact to 16, then even to 32,
-    multiples of 4 to 64, of 8 to 128, of 16 to 256...). Batches then come in a few dozen
-    shapes whatever the maximum length, and no window is padded by more than an eighth (far
-    less padding than rounding up to a multiple of 8; docs/performance.md).
+    ``lengths_per_octave`` (None: exact): lengths up to twice this value stay exact; above,
+    each span between a power of two and the next holds this many lengths (with 8: exact to
+    16, then even to 32, multiples of 4 to 64, of 8 to 128, of 16 to 256...). Batches then
+    come in a few dozen shapes whatever the maximum length, and no window is padded by more
+    than an eighth (far less padding than rounding up to a multiple of 8; docs/performance.md).
     """
-    if pad_to_multiple_of:
-        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
     if lengths_per_octave:
         step = 1
         while length > 2 * lengths_per_octave * step:
@@ -340,11 +337,9 @@ def padded_length(length: int, pad_to_multiple_of: int | None = None, lengths_pe
     return length
 
 
-def pad_windows(
-    windows: Sequence[Window], pad_token_id: int, pad_to_multiple_of: int | None = None, lengths_per_octave: int | None = None
-) -> dict[str, list[list[int]]]:
+def pad_windows(windows: Sequence[Window], pad_token_id: int, lengths_per_octave: int | None = None) -> dict[str, list[list[int]]]:
     """Right-pad a batch of windows to a common length (lists, so this stays torch-free); see ``padded_length``."""
-    length = padded_length(max((len(w.input_ids) for w in windows), default=0), pad_to_multiple_of, lengths_per_octave)
+    length = padded_length(max((len(w.input_ids) for w in windows), default=0), lengths_per_octave)
     out: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": []}
     with_labels = bool(windows) and all(w.labels is not None for w in windows)
     if with_labels:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ner_core.alignment import padded_length
@@ -34,61 +34,44 @@ class BatchPolicy:
 
     max_windows: int
     max_tokens: int | None = None
-    max_padding: float | None = None  # close a batch before it pads more than this share
-    pad_to_multiple_of: int | None = None
-    lengths_per_octave: int | None = None
+    lengths_per_octave: int | None = None  # None: exact padding
 
     def width(self, length: int) -> int:
-        return padded_length(length, self.pad_to_multiple_of, self.lengths_per_octave)
+        return padded_length(length, lengths_per_octave=self.lengths_per_octave)
 
     def batches(self, lengths: Sequence[int]) -> list[list[int]]:
-        return length_batches(lengths, self.max_windows, self.max_tokens, self.max_padding, self.pad_to_multiple_of, self.lengths_per_octave)
+        return length_batches(lengths, self.max_windows, self.max_tokens, self.width)
 
 
 def batch_policy(device_type: str, compute_dtype=None, *, max_windows: int = 64, max_tokens: int | None = None) -> BatchPolicy:
-    """The one batching rule, by device and the dtype its kernels run in (bf16 weights or autocast).
+    """The one batching rule: by the dtype the kernels run in (bf16/fp16 weights or autocast),
+    with the device's default for the positions per pass.
 
-    GPU: 8,192 positions, lengths padded to a multiple of 8 (tensor-core shapes), a batch closed
-    before it pads 5% of its positions. CPU: 2,048 positions (sentence-length windows in full
-    batches, the longest of a call in smaller ones); fp32 pads exactly (every padded position is
-    computed for nothing), bf16 rounds lengths within octaves because oneDNN makes and keeps
-    bf16 kernels per input shape (docs/performance.md, "Batch padding on CPU").
+    fp32 pads exactly: every padded position is computed for nothing. bf16 and fp16 round
+    lengths within octaves (8 per doubling), so batches come in a few dozen shapes: oneDNN
+    makes and keeps bf16 kernels per input shape (docs/performance.md, "Batch padding on CPU"),
+    and above 64 subwords the lengths are multiples of 8 as tensor cores like them. Positions
+    per pass: 8,192 on GPU, 2,048 on CPU (sentence-length windows in full batches of 64).
     """
-    if device_type == "cuda":
-        return BatchPolicy(max_windows, max_tokens or 8192, max_padding=0.05, pad_to_multiple_of=8)
-    bf16 = str(compute_dtype) == "torch.bfloat16"
-    return BatchPolicy(max_windows, max_tokens or 2048, lengths_per_octave=8 if bf16 else None)
+    reduced = str(compute_dtype) in ("torch.bfloat16", "torch.float16")
+    return BatchPolicy(max_windows, max_tokens or (8192 if device_type == "cuda" else 2048), lengths_per_octave=8 if reduced else None)
 
 
-def length_batches(
-    lengths: Sequence[int],
-    max_windows: int,
-    max_tokens: int | None = None,
-    max_padding: float | None = None,
-    pad_to_multiple_of: int | None = None,
-    lengths_per_octave: int | None = None,
-) -> list[list[int]]:
+def length_batches(lengths: Sequence[int], max_windows: int, max_tokens: int | None = None, width: Callable[[int], int] = int) -> list[list[int]]:
     """Window indices, shortest first, cut into forward-pass batches.
 
-    A batch holds at most ``max_windows`` windows and ``max_tokens`` positions (its
-    windows times its padded length: the last window's, rounded up by
-    ``ner_core.alignment.padded_length``), and closes early where the next window would
-    pad more than ``max_padding`` of its positions. Padding is measured on the exact
-    lengths: the rounding is paid whatever the cut.
+    A batch holds at most ``max_windows`` windows and ``max_tokens`` positions: its windows
+    times its padded length, ``width`` of its last (longest) window's length.
     """
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     batches: list[list[int]] = []
     batch: list[int] = []
-    total = 0
     for i in order:
-        length, n = lengths[i], len(batch) + 1
-        width = padded_length(length, pad_to_multiple_of, lengths_per_octave)
-        full = len(batch) >= max_windows or (max_tokens is not None and n * width > max_tokens)
-        if batch and (full or (max_padding is not None and n * length - total - length > max_padding * n * length)):
+        full = len(batch) >= max_windows or (max_tokens is not None and (len(batch) + 1) * width(lengths[i]) > max_tokens)
+        if batch and full:
             batches.append(batch)
-            batch, total = [], 0
+            batch = []
         batch.append(i)
-        total += length
     if batch:
         batches.append(batch)
     return batches

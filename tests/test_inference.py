@@ -38,22 +38,34 @@ def test_matches_a_plain_forward_pass(tiny_dirs, tokenizer):
 
 def test_forward_batches_group_similar_lengths_within_their_limits():
     lengths = [30, 5, 6, 5, 31, 120, 7, 32, 6, 64]
-    batches = length_batches(lengths, max_windows=3, max_tokens=100, max_padding=0.1)
+    batches = length_batches(lengths, max_windows=3, max_tokens=100)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # every window once
     for b in batches:
         widths = [lengths[i] for i in b]
         assert widths == sorted(widths) and len(b) <= 3
         assert len(b) == 1 or len(b) * max(widths) <= 100  # a single long window still gets its pass
-        assert len(b) * max(widths) - sum(widths) <= 0.1 * len(b) * max(widths)
-    assert [[lengths[i] for i in b] for b in batches] == [[5, 5], [6, 6, 7], [30, 31, 32], [64], [120]]
+    assert [[lengths[i] for i in b] for b in batches] == [[5, 5, 6], [6, 7, 30], [31, 32], [64], [120]]
     # the limits are what cuts: without them, one sorted run in batches of max_windows
     assert [len(b) for b in length_batches(lengths, max_windows=4)] == [4, 4, 2]
-    # a multiple-of-16 padding counts against the positions, not against the padding share
-    # (5 positions padded to 16 would be 69% padding, yet [5, 5] is one batch), and the limit
-    # on positions counts the rounded length (4 x 6 = 24 would fit in 32; 4 x 16 does not)
+    # the limit on positions counts the padded length (4 x 6 = 24 would fit in 32; 4 x 9 does not)
     short = [6, 5, 6, 5]
-    assert [[short[i] for i in b] for b in length_batches(short, 8, max_tokens=32, max_padding=0.2)] == [[5, 5, 6, 6]]
-    assert [[short[i] for i in b] for b in length_batches(short, 8, max_tokens=32, max_padding=0.2, pad_to_multiple_of=16)] == [[5, 5], [6, 6]]
+    assert [[short[i] for i in b] for b in length_batches(short, 8, max_tokens=32)] == [[5, 5, 6, 6]]
+    assert [[short[i] for i in b] for b in length_batches(short, 8, max_tokens=32, width=lambda n: n + 3)] == [[5, 5, 6], [6]]
+
+
+def test_one_batching_rule_by_dtype_with_the_devices_budget():
+    import torch
+
+    from ner_core.inference import batch_policy
+
+    lengths = [3, 17, 23, 33, 100]
+    for device in ("cpu", "cuda"):
+        assert [batch_policy(device, torch.float32).width(n) for n in lengths] == lengths  # fp32: exact
+        for dtype in (torch.bfloat16, torch.float16):  # a few shapes per doubling; multiples of 8 above 64
+            assert [batch_policy(device, dtype).width(n) for n in lengths] == [3, 18, 24, 36, 104]
+    # positions per pass: a GPU takes four times a CPU's (64 windows of 128 subwords)
+    assert [len(b) for b in batch_policy("cpu", torch.float32).batches([128] * 64)] == [16] * 4
+    assert [len(b) for b in batch_policy("cuda", torch.float32).batches([128] * 64)] == [64]
 
 
 def test_predictions_do_not_depend_on_how_windows_are_batched(tiny_dirs, tokenizer):

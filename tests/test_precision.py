@@ -79,7 +79,7 @@ def test_bf16_weights_on_cpu_pad_batches_to_a_few_shapes_with_the_same_labels(ti
         model.register_forward_pre_hook(lambda _, args, kwargs, seen=seen: seen.add(kwargs["input_ids"].shape[1]), with_kwargs=True)
         Predictor(model, tokenizer, InferenceSettings(batch_size=1)).predict_ids(docs)
     assert widths["fp32"] == set(range(3, 42))  # exact: one shape per length
-    assert widths["bf16"] == {padded_length(n, None, 8) for n in range(3, 42)} and len(widths["bf16"]) < len(widths["fp32"]) * 2 // 3
+    assert widths["bf16"] == {padded_length(n, 8) for n in range(3, 42)} and len(widths["bf16"]) < len(widths["fp32"]) * 2 // 3
     cast = for_inference(load(), "bf16", "cpu")[0]
     padded = Predictor(cast, tokenizer, InferenceSettings(batch_size=1))
     exact = Predictor(cast, tokenizer, InferenceSettings(batch_size=1))

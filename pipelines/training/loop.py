@@ -161,7 +161,7 @@ def _train_epoch(worker: _Worker, shard, epoch: int) -> dict:
     pool = max(1, POOL_WINDOWS // cfg.batch_size) * cfg.batch_size
     pad_id = worker.tokenizer.pad_token_id if worker.tokenizer.pad_token_id is not None else 0
     stream = iter(shard.iter_batches(batch_size=1024, batch_format="pyarrow", prefetch_batches=1))
-    # padded as the same device pads for inference: exact in fp32 on CPU, octaves in bf16, multiples of 8 on GPU
+    # padded as inference pads: exact in fp32, a few lengths per doubling under bf16/fp16 autocast
     width = batch_policy(worker.device.type, worker.dtype).width
     grouped = length_grouped_batches(stream, windows=windows, batch_size=cfg.batch_size, pool=pool, rng=np.random.default_rng((cfg.seed, epoch, worker.rank)), pad_id=pad_id, width=width)
     t0 = time.perf_counter()
