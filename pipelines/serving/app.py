@@ -31,7 +31,6 @@ from ner_core.documents import Document, document_from_text
 from pipelines.serving.config import ServeConfig
 from pipelines.serving.requests import Limits, RequestError, parse_body
 from pipelines.serving.stats import ReplicaStats
-from pipelines.tagging.config import exception_line
 from pipelines.tagging.model import ModelInfo, check_model, load_failure, local_model_dir
 
 log = logging.getLogger(__name__)
