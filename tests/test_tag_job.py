@@ -94,7 +94,11 @@ def test_raw_text_jsonl_tags_every_row_and_reports_bad_ones(ray_cluster, tiny_ta
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["rows_read"] == len(good) + len(bad) == manifest["rows_written"] + manifest["rows_failed"]
     assert manifest["rows_failed"] == len(bad) and manifest["settings"]["format"] == "jsonl"
-    assert 0 < manifest["this_run"]["startup_s"] <= manifest["this_run"]["seconds"]  # until the first rows were tagged
+    run = manifest["this_run"]
+    assert 0 < run["startup_s"] <= run["seconds"]  # until the first rows were tagged
+    parts = run["startup_parts"]  # where the start-up went
+    assert set(parts) == {"plan_s", "actor_s", "model_load_s", "first_rows_s"} and parts["model_load_s"] > 0
+    assert sum(parts.values()) == pytest.approx(run["startup_s"], abs=0.05)
     rows = _read_output(out)
     assert sorted(r["id"] for r in rows) == list(range(len(texts)))
     by_id = {r["id"]: r for r in rows}

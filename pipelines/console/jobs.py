@@ -217,12 +217,16 @@ class TaggingMonitor:
         self.stage = Stage("tagging", total=total_rows, unit="rows") if show else None
         self.follower = Follower(self._on_events)
         self.first_rows_at: float | None = None  # when the actors first reported rows tagged (the job's start-up ends)
+        self.model_ready: dict | None = None  # the first actor's ``began_at`` / ``ready_at`` (its model load)
 
     @property
     def board(self):
         return self.follower.board
 
     def _on_events(self, events: list[dict], counts: dict) -> None:
+        ready = [e["model_ready"] for e in events if "model_ready" in e]
+        if ready and self.model_ready is None:
+            self.model_ready = min(ready, key=lambda r: r["ready_at"])
         done = counts.get("rows", 0)
         if done and self.first_rows_at is None:
             self.first_rows_at = time.time()

@@ -31,11 +31,13 @@ class TagActor:
     """Holds one model; tags the windows of a batch of rows in length-sorted forward passes."""
 
     def __init__(self, plan: TagPlan, progress=None):
+        began = time.time()
         # The model is loaded and run on one thread of the actor's own: Ray Data calls the actor
         # from another thread than the one that runs __init__, and two threads running torch's
         # CPU kernels get two OpenMP teams, which then sleep at their barriers instead of spinning.
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="tag-model")
         self._model_thread.submit(self._load, plan, progress).result()
+        self.progress.push({"model_ready": {"began_at": began, "ready_at": time.time()}})  # for the job's start-up breakdown
 
     def _load(self, plan: TagPlan, progress) -> None:
         import torch

@@ -82,10 +82,26 @@ def run_tagging(cfg: TagConfig, progress: bool = True) -> dict:
         tagging_plan(cfg, plan, len(paths), len(paths) - len(pending), total_rows)
 
     sink = TaggedOutputSink(store.root, cfg.output_format, keys, cfg.id_column, cfg.rows_per_file, input_format=plan.format, jsonl_types=settings.get("jsonl_types"))
-    first_rows_at = _run_pipeline(cfg, plan, store, pending, sink, total_rows, progress) if pending else None
+    timings = _run_pipeline(cfg, plan, store, pending, sink, total_rows, progress) if pending else {}
     record_jsonl_types(store, settings)
-    startup = round(first_rows_at - started, 2) if first_rows_at else None
-    return _finish(cfg, model, settings, store, keys, sink, len(pending), time.time() - started, startup)
+    return _finish(cfg, model, settings, store, keys, sink, len(pending), time.time() - started, startup_breakdown(started, timings))
+
+
+def startup_breakdown(started: float, timings: dict) -> dict:
+    """The job's start-up, from its start (Ray already up) to the first rows tagged, in parts:
+    ``plan_s`` (model check, input listing, resume, plan), ``actor_s`` (Ray Data's planning,
+    the actor's scheduling, its process and class import), ``model_load_s`` (torch and the
+    model, in the first actor ready), ``first_rows_s`` (the first block read and tagged).
+    Timestamps from the actor's clock: on a cluster, its node's."""
+    if not timings.get("first_rows_at"):
+        return {"startup_s": None}
+    parts = {"startup_s": round(timings["first_rows_at"] - started, 2)}
+    ready = timings.get("model_ready")
+    if ready:
+        marks = [started, timings["pipeline_at"], ready["began_at"], ready["ready_at"], timings["first_rows_at"]]
+        names = ("plan_s", "actor_s", "model_load_s", "first_rows_s")
+        parts["startup_parts"] = {n: round(max(b - a, 0.0), 2) for n, a, b in zip(names, marks, marks[1:])}
+    return parts
 
 
 def _output_settings(cfg: TagConfig, plan: TagPlan, store: OutputStore, files: dict[str, int]) -> dict:
@@ -155,11 +171,13 @@ def _task_args(cfg: TagConfig) -> dict:
     return {"num_cpus": cfg.cpus_per_task, **({"resources": resources} if resources else {})}
 
 
-def _run_pipeline(cfg: TagConfig, plan: TagPlan, store: OutputStore, pending: list[tuple[str, str, int]], sink: TaggedOutputSink, total_rows: int | None, progress: bool) -> float | None:
+def _run_pipeline(cfg: TagConfig, plan: TagPlan, store: OutputStore, pending: list[tuple[str, str, int]], sink: TaggedOutputSink, total_rows: int | None, progress: bool) -> dict:
     """read -> preprocess -> actors -> sink, with finished files committed as the job goes.
 
-    Returns when the first rows were reported tagged (``time.time()``), or None.
+    Returns when it started, when the first actor had its model (``model_ready``) and when the
+    first rows were reported tagged (``time.time()``; None if never).
     """
+    pipeline_at = time.time()
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -207,7 +225,7 @@ def _run_pipeline(cfg: TagConfig, plan: TagPlan, store: OutputStore, pending: li
         stop.set()
         committer.join()
     store.commit_ready()
-    return monitor.first_rows_at
+    return {"pipeline_at": pipeline_at, "model_ready": monitor.model_ready, "first_rows_at": monitor.first_rows_at}
 
 
 def _onednn_env(cfg: TagConfig) -> dict[str, str]:
@@ -236,7 +254,7 @@ def _commit_loop(store: OutputStore, stop: threading.Event, every_s: float) -> N
 
 
 def _finish(
-    cfg: TagConfig, model, settings: dict, store: OutputStore, keys: dict[str, str], sink: TaggedOutputSink, files_tagged: int, elapsed: float, startup: float | None
+    cfg: TagConfig, model, settings: dict, store: OutputStore, keys: dict[str, str], sink: TaggedOutputSink, files_tagged: int, elapsed: float, startup: dict
 ) -> dict:
     """Checks every input file is committed or reported failed; writes and returns ``_manifest.json``."""
     totals = store.totals()
@@ -259,13 +277,11 @@ def _finish(
         "model": cfg.model,
         "model_labels": model.labels,
         "settings": settings,
-        # startup_s: from the job's start (Ray already up) to the first rows tagged: the model
-        # check, planning, the actors' start and model load, the first block read.
         "this_run": {
             **run_stats,
             "files_tagged": files_tagged,
             "seconds": round(elapsed, 2),
-            "startup_s": startup,
+            **startup,  # startup_s and its parts (``startup_breakdown``)
             "words_per_s": round(words / elapsed, 1) if elapsed else None,
         },
     }
