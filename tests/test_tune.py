@@ -160,6 +160,7 @@ def test_train_with_seeds_reports_the_spread_of_dev_f1_and_keeps_the_best_seed(r
     out = capsys.readouterr().out
     assert "dev F1 over 2 seeds: mean" in out
     assert "seed 5  epoch 1  dev F1 " in out and "seed 6  epoch 2  dev F1 " in out  # progress while the seeds run
+    assert f"seed {seeds['best_seed']} (the best of 2) trained in" in out  # the summary's time is that run's
 
 
 def test_seeds_with_a_missing_training_file_stop_with_one_line_before_any_trial(ray_cluster, train_yaml, tmp_path, capsys):

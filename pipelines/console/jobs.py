@@ -157,8 +157,9 @@ def training_summary(cfg, summary: dict, tensorboard_dir: str | None) -> None:
     if tensorboard_dir:
         items.append(("tensorboard", f"tensorboard --logdir {tensorboard_dir}"))
     items.append(("next", f"ray-ner evaluate --model {out} --data DEV --report DIR;  ray-ner tag --model {out} --input IN --output OUT"))
+    seed = f"seed {summary['seeds']['best_seed']} (the best of {len(summary['seeds']['runs'])}) " if summary.get("seeds") else ""
     print_summary(
-        f"trained in {format_duration(summary['wall_time_s'])}: {head}; {summary['train_tokens_per_s']:,.0f} tokens/s",
+        f"{seed}trained in {format_duration(summary['wall_time_s'])}: {head}; {summary['train_tokens_per_s']:,.0f} tokens/s",
         items,
     )
 
