@@ -8,7 +8,8 @@ Each round, in fresh processes one after the other on ``--rows`` rows of the raw
   clock (``seconds``) with its start-up split (``startup_parts``: planning, actor start, model
   load, first rows). Wall time less the job's clock is Python's start, the CLI's imports,
   starting a local Ray and stopping it.
-- peer, ``ray start``: a process that imports Ray, starts a local cluster and stops it.
+- peer, a Ray start: a process that imports Ray, starts a local cluster as the job does
+  (``pipelines.ray_env.init_ray``) and stops it.
 - limit, the bare loop (``tag_vs_pipeline.py``'s): Python, torch, transformers, the model,
   then the same rows tagged: the start-up nothing can avoid.
 Medians over ``--rounds``.
@@ -32,7 +33,8 @@ RAY_CHILD = r"""
 import time
 t = time.time()
 import ray
-ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+from pipelines.ray_env import init_ray
+init_ray()  # the local Ray the job starts (dashboard included)
 up = time.time() - t
 ray.shutdown()
 print(up)
